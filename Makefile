@@ -1,0 +1,48 @@
+# entropy-rl: two commands do everything.
+#   make repro   create .venv (pip, torch pinned), install the package, run the whole DVC pipeline
+#   make test    create .venv if needed, run the test suite (fast; `make test-slow` runs the end-to-end ones)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+export PATH := $(abspath $(BIN)):$(PATH)
+export ENTROPY_RL_PROGRESS ?= terminal
+export PYTHONHASHSEED := 0
+
+.PHONY: repro test test-slow venv data lab clean-venv strip-notebooks
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned in the same command: an unpinned torch resolves a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet --progress-bar on -c constraints.txt "torch==2.13.0" -e ".[quant,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@rm -f $(VENV)/.installed-* && touch $@
+
+repro: venv
+	$(BIN)/dvc repro
+	@$(BIN)/dvc metrics show
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+# Materialize the raw public math sets pinned by data.dvc (used by the real-data profiles, not by `tiny`).
+DATA_SOURCE ?= ../shared/data
+data: venv
+	$(BIN)/python -m entropy_rl.data --source $(DATA_SOURCE)
+
+lab: venv
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[lab]"
+	$(BIN)/jupyter lab notebooks/
+
+strip-notebooks: venv
+	$(BIN)/python -m entropy_rl.notebooks strip notebooks/*.ipynb
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,73 @@
+"""Group advantage estimators (outcome rewards, one scalar per response).
+
+Rewards arrive as ``[B]`` with the G samples of each prompt contiguous (``B = n_prompts * G``).
+
+* ``grpo`` (DeepSeekMath; verl ``compute_grpo_outcome_advantage``): ``A = (r - mean) / (std + eps)`` with
+  the unbiased (N-1) std and eps = 1e-6. A group whose rewards are all equal gets A = 0.
+* ``dr_grpo`` (Dr. GRPO, Liu et al. 2025): ``A = r - mean`` (no std normalization).
+* ``rloo``: leave-one-out baseline ``A_i = r_i - mean_{j != i} r_j``.
+See methods.md §5.1 and §5.3.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_advantage(name: str):
+    def deco(fn):
+        if name in ADVANTAGES:
+            raise ValueError(f"advantage estimator '{name}' registered twice")
+        ADVANTAGES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_advantage(name: str) -> Callable[..., Tensor]:
+    if name not in ADVANTAGES:
+        raise KeyError(f"unknown advantage estimator '{name}'; valid: {', '.join(sorted(ADVANTAGES))}")
+    return ADVANTAGES[name]
+
+
+def _groups(rewards: Tensor, group_size: int) -> Tensor:
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [n_prompts * G] with G={group_size}, got shape {tuple(rewards.shape)}")
+    return rewards.float().view(-1, group_size)  # [P, G]
+
+
+@register_advantage("grpo")
+def grpo_advantage(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    g = _groups(rewards, group_size)
+    if group_size == 1:
+        return g.view(-1).clone()  # verl: mean 0, std 1 for singleton groups
+    mean, std = g.mean(-1, keepdim=True), g.std(-1, keepdim=True, unbiased=True)
+    return ((g - mean) / (std + eps)).view(-1)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_advantage(rewards: Tensor, group_size: int) -> Tensor:
+    g = _groups(rewards, group_size)
+    return (g - g.mean(-1, keepdim=True)).view(-1)
+
+
+@register_advantage("rloo")
+def rloo_advantage(rewards: Tensor, group_size: int) -> Tensor:
+    g = _groups(rewards, group_size)
+    if group_size < 2:
+        raise ValueError("rloo needs at least 2 samples per group")
+    loo = (g.sum(-1, keepdim=True) - g) / (group_size - 1)
+    return (g - loo).view(-1)
+
+
+def solved_fraction(rewards: Tensor, group_size: int) -> dict[str, float]:
+    """Share of groups that are all correct / all wrong (these give zero advantage and no gradient)."""
+    g = _groups(rewards, group_size)
+    return {
+        "stats/groups_all_correct": (g.min(-1).values > 0).float().mean().item(),
+        "stats/groups_all_wrong": (g.max(-1).values <= 0).float().mean().item(),
+    }

@@ -1,0 +1,372 @@
+"""Typed configuration: one frozen dataclass per concern, loaded strictly from ``params.yaml``.
+
+``params.yaml`` has three top-level keys that this module reads:
+
+* ``profiles``: the *active* profiles (``dvc repro`` expands its stages over exactly these);
+* ``more_profiles``: profiles that exist but are not run by default (move one into ``profiles`` to run it);
+* ``objectives``: one entry per objective name with that objective's settings.
+
+A profile may say ``extends: <other profile>`` and override any subset of its sections.
+Every unknown key, wrong type or invalid value raises :class:`ConfigError` naming the key path and what
+would be valid, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key or value in params.yaml (or in notebook parameters); the message names it."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Strict dataclass construction
+# ----------------------------------------------------------------------------------------------------------
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        return tuple(_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = ""):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _check_type(value, hints[name], f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where and not str(e).startswith(where) else str(e)) from None
+
+
+def choice(where: str, value: Any, valid: typing.Iterable[Any]) -> None:
+    """Raise a ConfigError unless ``value`` is one of ``valid``."""
+    valid = list(valid)
+    if value not in valid:
+        raise ConfigError(f"{where}: invalid value {value!r}; valid values: {', '.join(map(str, valid))}")
+
+
+def positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config (used to refuse resuming a checkpoint made with other settings)."""
+    blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Profile sections
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "arithmetic"
+    """training task: `arithmetic` (synthetic, offline)"""
+    digits: int = 3
+    """operand digits of the synthetic task (a, b uniform in [10^(d-1), 10^d - 1])"""
+    ops: list[str] = field(default_factory=lambda: ["+"])
+    """operators of the synthetic task (`+`, `-`, `*`)"""
+    scratchpad_frac: float = 0.5
+    """fraction of SFT targets that show a column-by-column scratchpad before the boxed answer"""
+    n_sft: int = 20000
+    """SFT examples"""
+    n_rl: int = 4000
+    """RL training prompts"""
+    n_eval: int = 200
+    """held-out prompts (disjoint operand pairs from both training sets)"""
+    seed: int = 1234
+    """seed of the task generator"""
+
+    def __post_init__(self):
+        choice("data.task", self.task, ["arithmetic"])
+        for op in self.ops:
+            choice("data.ops", op, ["+", "-", "*"])
+        if not 1 <= self.digits <= 6:
+            raise ConfigError(f"data.digits: must be in 1..6, got {self.digits}")
+        if not 0.0 <= self.scratchpad_frac <= 1.0:
+            raise ConfigError(f"data.scratchpad_frac: must be in [0, 1], got {self.scratchpad_frac}")
+        for k in ("n_sft", "n_rl", "n_eval"):
+            positive(f"data.{k}", getattr(self, k))
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    """LoRA rank"""
+    alpha: int = 32
+    """LoRA alpha (scale = alpha / r)"""
+    dropout: float = 0.0
+    """LoRA dropout"""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """module names that get adapters (all linear layers of a Llama block)"""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = "tiny"
+    """`tiny` builds a Llama from scratch with a character tokenizer; anything else is a hub id or local path"""
+    hidden_size: int = 128
+    """tiny model: hidden size"""
+    num_layers: int = 4
+    """tiny model: decoder layers"""
+    num_heads: int = 4
+    """tiny model: attention heads"""
+    intermediate_size: int = 384
+    """tiny model: MLP width"""
+    max_position: int = 128
+    """tiny model: maximum sequence length"""
+    load_in_4bit: bool = False
+    """load the frozen base in 4-bit nf4 with double quantization (bitsandbytes); off on the CPU by default"""
+    compute_dtype: str = "float32"
+    """dtype of the base model's compute (`float32`, `bfloat16`, `float16`)"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter used by RL"""
+    num_threads: int = 2
+    """torch CPU threads (fixed so that runs are bit-reproducible on a given machine)"""
+
+    def __post_init__(self):
+        choice("model.compute_dtype", self.compute_dtype, ["float32", "bfloat16", "float16"])
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("model.hidden_size: must be divisible by model.num_heads")
+        positive("model.num_threads", self.num_threads)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 400
+    """optimizer steps of the warm start"""
+    batch_size: int = 128
+    """sequences per step"""
+    lr: float = 3e-3
+    """AdamW peak learning rate"""
+    warmup: int = 50
+    """linear warm-up steps, then cosine decay to 10 %"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    seed: int = 0
+    """seed of initialisation and batch order"""
+
+    def __post_init__(self):
+        positive("sft.steps", self.steps)
+        positive("sft.batch_size", self.batch_size)
+        positive("sft.lr", self.lr)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    steps: int = 100
+    """rollout steps (each: sample, score, then `minibatches` optimizer updates)"""
+    prompts_per_step: int = 16
+    """prompts per rollout batch"""
+    group_size: int = 8
+    """G: samples per prompt"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs and entropies are computed at this temperature too"""
+    max_new_tokens: int = 48
+    """response length cap (L_max)"""
+    minibatches: int = 4
+    """optimizer updates per rollout batch (more than one makes the ratio move away from 1)"""
+    epochs: int = 1
+    """passes over each rollout batch"""
+    lr: float = 3e-4
+    """AdamW learning rate for the LoRA parameters"""
+    grad_clip: float = 1.0
+    """max gradient norm"""
+    eval_every: int = 10
+    """held-out pass@1 (sampled) every this many steps (and at the end)"""
+    eval_prompts: int = 100
+    """held-out prompts used for the in-training curve"""
+    checkpoint_every: int = 10
+    """atomic checkpoint every this many steps (a killed run resumes from it)"""
+
+    def __post_init__(self):
+        for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "epochs",
+                  "eval_every", "eval_prompts", "checkpoint_every"):
+            positive(f"rl.{k}", getattr(self, k))
+        positive("rl.temperature", self.temperature)
+        positive("rl.lr", self.lr)
+        if self.group_size < 2:
+            raise ConfigError("rl.group_size: group-normalized advantages need at least 2 samples per prompt")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ConfigError(
+                f"rl.minibatches: {self.minibatches} must divide prompts_per_step*group_size "
+                f"= {self.prompts_per_step * self.group_size}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_samples: int = 8
+    """samples per held-out prompt (n of pass@k; k runs over 1..n)"""
+    temperature: float = 1.0
+    """sampling temperature of evaluation"""
+    max_new_tokens: int = 48
+    """response length cap at evaluation"""
+    batch_size: int = 256
+    """sequences generated at once"""
+    seed: int = 0
+    """sampling seed"""
+
+    def __post_init__(self):
+        positive("eval.n_samples", self.n_samples)
+        positive("eval.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    description: str = ""
+    """one line shown in the README's profile table"""
+
+
+_SECTIONS = {"data", "model", "sft", "rl", "eval", "description", "extends"}
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    valid = {"profiles", "more_profiles", "objectives", "rl_runs"}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}")
+    return params
+
+
+def _raw_profile(params: dict, name: str, seen: tuple[str, ...] = ()) -> dict:
+    every = {**(params.get("more_profiles") or {}), **(params.get("profiles") or {})}
+    if name not in every:
+        raise ConfigError(f"unknown profile '{name}'; valid profiles: {', '.join(sorted(every))}")
+    if name in seen:
+        raise ConfigError(f"profiles.{name}.extends: cycle {' -> '.join(seen + (name,))}")
+    raw = dict(every[name] or {})
+    unknown = sorted(set(raw) - _SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key 'profiles.{name}.{unknown[0]}'; valid keys: {', '.join(sorted(_SECTIONS))}"
+        )
+    base = raw.pop("extends", None)
+    if base is not None:
+        raw = _deep_merge(_raw_profile(params, base, seen + (name,)), raw)
+    return raw
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> dict:
+    keys = dotted.split(".")
+    out = dict(d)
+    cur = out
+    for k in keys[:-1]:
+        cur[k] = dict(cur.get(k) or {})
+        cur = cur[k]
+    cur[keys[-1]] = value
+    return out
+
+
+def load_profile(path: str | Path = "params.yaml", name: str = "tiny", overrides: dict | None = None) -> Profile:
+    """Load profile ``name`` strictly; ``overrides`` maps dotted keys (``"rl.steps"``) to values."""
+    raw = _raw_profile(read_params(path), name)
+    for k, v in (overrides or {}).items():
+        raw = _set_dotted(raw, k, v)
+    return from_dict(Profile, {**raw, "name": name}, f"profiles.{name}")
+
+
+def objective_settings(path: str | Path, objective: str) -> dict:
+    """The raw settings of ``objectives.<objective>`` in params.yaml (validated by the objective's own config)."""
+    objectives = read_params(path).get("objectives") or {}
+    if objective not in objectives:
+        raise ConfigError(
+            f"unknown objective '{objective}' in params.yaml; objectives with settings: {', '.join(sorted(objectives))}"
+        )
+    return dict(objectives[objective] or {})

@@ -1,0 +1,24 @@
+"""Progress bars (tqdm) that show where the user is looking.
+
+Under ``dvc repro`` the notebooks run inside papermill kernels; their output is captured into the executed
+notebook, where a progress bar is noise (and makes outputs differ run to run). With
+``ENTROPY_RL_PROGRESS=terminal`` (set by the dvc.yaml commands) bars go to the kernel process's own stderr,
+which is the terminal that runs ``dvc repro``. In an interactive notebook they render in the notebook.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def progress(iterable=None, **kwargs):
+    mode = os.environ.get("ENTROPY_RL_PROGRESS", "auto")
+    if mode == "off":
+        kwargs["disable"] = True
+    if mode == "terminal":
+        from tqdm import tqdm
+
+        return tqdm(iterable, file=sys.__stderr__, dynamic_ncols=True, mininterval=1.0, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
