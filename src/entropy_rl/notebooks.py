@@ -1,11 +1,14 @@
-"""Notebook helpers: find the repository root, save directories atomically, and clean notebooks.
+"""Notebook helpers: find the repository root, save directories atomically, run and clean notebooks.
 
+* ``run``: execute a notebook with papermill into a temporary file, scrub it, then move it into place, so a
+  killed stage never leaves a half-executed notebook behind. Progress bars go to the terminal
+  (``ENTROPY_RL_PROGRESS=terminal``), not into the executed notebook.
 * ``strip``: remove outputs and execution counts from source notebooks (they are committed clean).
 * ``scrub``: remove the timing metadata that papermill writes into an executed notebook, so that an
   unchanged run produces a byte-identical output (and a second ``dvc repro`` changes nothing).
 
+    python -m entropy_rl.notebooks run notebooks/00_data.ipynb runs/tiny/00_data.ipynb -p profile tiny
     python -m entropy_rl.notebooks strip notebooks/*.ipynb
-    python -m entropy_rl.notebooks scrub runs/tiny/20_rl-grpo-s0.ipynb
 """
 from __future__ import annotations
 
@@ -88,8 +91,50 @@ def scrub(path: str | Path) -> None:
     write_text(path, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def parse_value(text: str):
+    """A papermill ``-p`` value: YAML scalars (``3``, ``0.5``, ``true``), ``None``, or a plain string."""
+    import yaml
+
+    if text == "None":
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def run(notebook: str | Path, output: str | Path, parameters: dict) -> Path:
+    """Execute ``notebook`` with papermill into ``output`` atomically (see module docstring)."""
+    import papermill
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.running-{uuid.uuid4().hex[:8]}.ipynb")
+    os.environ.setdefault("ENTROPY_RL_PROGRESS", "terminal")
+    try:
+        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name="python3",
+                                   progress_bar=False, cwd=str(find_root()))
+        scrub(tmp)
+        tmp.replace(output)
+    finally:
+        if tmp.exists():
+            failed = output.with_name(f"{output.stem}.failed.ipynb")  # kept for reading, never an output
+            tmp.replace(failed)
+            print(f"notebook failed: read {failed}", file=sys.stderr)
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and len(argv) >= 3:
+        params, rest = {}, argv[3:]
+        if len(rest) % 3 or any(flag != "-p" for flag in rest[::3]):
+            print("usage: run NOTEBOOK OUTPUT [-p NAME VALUE]...", file=sys.stderr)
+            return 2
+        for _, name, value in zip(rest[::3], rest[1::3], rest[2::3]):
+            params[name] = parse_value(value)
+        run(argv[1], argv[2], params)
+        return 0
     if len(argv) < 2 or argv[0] not in ("strip", "scrub"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -1,0 +1,93 @@
+"""Every notebook runs under papermill on a small parameter set, and what it writes is checked."""
+import json
+import math
+
+import pytest
+import yaml
+
+from entropy_rl.io import read_json, read_jsonl
+from entropy_rl.notebooks import run, strip
+
+from conftest import ROOT
+
+NOTEBOOKS = ["00_data", "10_sft", "20_rl", "30_eval", "40_figures"]
+
+SMOKE = {
+    "description": "smoke test",
+    "data": {"n_sft": 300, "n_rl": 60, "n_eval": 12},
+    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+              "lora": {"r": 4, "alpha": 8}},
+    "sft": {"steps": 6, "batch_size": 16, "warmup": 2},
+    "rl": {"steps": 2, "prompts_per_step": 4, "group_size": 4, "minibatches": 2, "max_new_tokens": 12,
+           "eval_every": 1, "eval_prompts": 4, "checkpoint_every": 1},
+    "eval": {"n_samples": 2, "max_new_tokens": 12},
+}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_source_notebooks_are_committed_clean(name):
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be the papermill parameters"
+    assert not any("def " in "".join(c["source"]) for c in code), "notebooks import logic, they define none"
+
+
+def test_strip_removes_outputs(tmp_path):
+    p = tmp_path / "x.ipynb"
+    p.write_text(json.dumps({"cells": [{"cell_type": "code", "source": "1", "outputs": [{"a": 1}],
+                                        "execution_count": 3, "metadata": {}}], "metadata": {}, "nbformat": 4,
+                             "nbformat_minor": 4}))
+    assert strip(p) and not strip(p)
+    assert json.loads(p.read_text())["cells"][0]["outputs"] == []
+
+
+def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"] = {"smoke": {"extends": "tiny", **SMOKE}}
+    params["more_profiles"] = {"tiny": yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["tiny"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    nb = lambda n: ROOT / "notebooks" / f"{n}.ipynb"  # noqa: E731
+    r = "runs/smoke"
+    run(nb("00_data"), f"{r}/00_data.ipynb", {"profile": "smoke", "out_dir": f"{r}/data"})
+    run(nb("10_sft"), f"{r}/10_sft.ipynb", {"profile": "smoke", "data_dir": f"{r}/data", "out_dir": f"{r}/sft"})
+    run(nb("20_rl"), f"{r}/20_rl.ipynb", {"profile": "smoke", "objective": "grpo", "seed": 0, "data_dir": f"{r}/data",
+                                          "sft_dir": f"{r}/sft/model", "out_dir": f"{r}/grpo-s0/train"})
+    run(nb("30_eval"), f"{r}/30_eval.ipynb", {"profile": "smoke", "data_dir": f"{r}/data", "base_dir": f"{r}/sft/model",
+                                              "adapter_dir": f"{r}/grpo-s0/train/adapter", "out_dir": f"{r}/grpo-s0/eval"})
+    run(nb("30_eval"), f"{r}/30_eval-sft.ipynb", {"profile": "smoke", "data_dir": f"{r}/data",
+                                                  "base_dir": f"{r}/sft/model", "out_dir": f"{r}/sft/eval"})
+    run(nb("40_figures"), "reports/smoke/40_figures.ipynb", {"profile": "smoke", "runs_dir": r, "out_dir": "reports/smoke"})
+
+    run_dir = tmp_path / r
+    assert len(read_jsonl(run_dir / "data" / "eval.jsonl")) == 12
+    sft = read_json(run_dir / "sft" / "metrics.json")
+    assert 0 <= sft["pass@1"] <= 1 and math.isfinite(sft["final_loss"]) and sft["params"] > 0
+    log = read_jsonl(run_dir / "grpo-s0" / "train" / "log.jsonl")
+    assert [row["step"] for row in log] == [1, 2]
+    for row in log:
+        for key in ("reward/mean", "stats/entropy", "stats/response_length", "stats/clip_frac", "stats/kl_ref"):
+            assert math.isfinite(row[key]), key
+        assert row["stats/entropy"] > 0
+    assert (run_dir / "grpo-s0" / "train" / "adapter" / "adapter_config.json").exists()
+    for which in ("grpo-s0", "sft"):
+        m = read_json(run_dir / which / "eval" / "metrics.json")
+        assert {"pass@1", "pass@2", "maj@2", "mean_length", "mean_token_entropy", "truncation_rate"} <= set(m)
+        assert 0 <= m["pass@1"] <= m["pass@2"] <= 1
+        assert len(read_jsonl(run_dir / which / "eval" / "samples.jsonl")) == 12 * 2
+    for fig in ("training_curves.png", "pass_at_k.png"):
+        assert (tmp_path / "reports/smoke/figures" / fig).stat().st_size > 10_000
+    executed = json.loads((run_dir / "20_rl.ipynb").read_text())
+    assert "start_time" not in executed["metadata"]["papermill"]
+    assert not list(run_dir.glob("**/*.failed.ipynb")) and not list(run_dir.glob("**/.*running*"))
+
+
+def test_failing_notebook_leaves_no_output(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("n_eval: 200", "n_evl: 200"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="unknown key 'profiles.tiny.data.n_evl'"):
+        run(ROOT / "notebooks" / "00_data.ipynb", "runs/tiny/00_data.ipynb", {"profile": "tiny", "out_dir": "runs/tiny/data"})
+    assert not (tmp_path / "runs/tiny/00_data.ipynb").exists() and not (tmp_path / "runs/tiny/data").exists()
+    assert (tmp_path / "runs/tiny/00_data.failed.ipynb").exists()
