@@ -43,11 +43,17 @@ def test_strip_removes_outputs(tmp_path):
     assert json.loads(p.read_text())["cells"][0]["outputs"] == []
 
 
-def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
+def smoke_root(path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["more_profiles"] = {"tiny": params["profiles"]["tiny"]}
     params["profiles"] = {"smoke": {"extends": "tiny", **SMOKE}}
-    params["more_profiles"] = {"tiny": yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["tiny"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
+    tmp_path = smoke_root(tmp_path / "a")
     monkeypatch.chdir(tmp_path)
     nb = lambda n: ROOT / "notebooks" / f"{n}.ipynb"  # noqa: E731
     r = "runs/smoke"
@@ -82,6 +88,17 @@ def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
     executed = json.loads((run_dir / "20_rl.ipynb").read_text())
     assert "start_time" not in executed["metadata"]["papermill"]
     assert not list(run_dir.glob("**/*.failed.ipynb")) and not list(run_dir.glob("**/.*running*"))
+
+    # The same stages in another directory give byte-identical outputs (what keeps dvc.lock stable).
+    other = smoke_root(tmp_path.parent / "b")
+    monkeypatch.chdir(other)
+    run(nb("00_data"), f"{r}/00_data.ipynb", {"profile": "smoke", "out_dir": f"{r}/data"})
+    run(nb("10_sft"), f"{r}/10_sft.ipynb", {"profile": "smoke", "data_dir": f"{r}/data", "out_dir": f"{r}/sft"})
+    run(nb("20_rl"), f"{r}/20_rl.ipynb", {"profile": "smoke", "objective": "grpo", "seed": 0, "data_dir": f"{r}/data",
+                                          "sft_dir": f"{r}/sft/model", "out_dir": f"{r}/grpo-s0/train"})
+    for rel in ("00_data.ipynb", "10_sft.ipynb", "20_rl.ipynb", "sft/metrics.json", "grpo-s0/train/log.jsonl",
+                "grpo-s0/train/adapter/adapter_config.json", "grpo-s0/train/adapter/adapter_model.safetensors"):
+        assert (other / r / rel).read_bytes() == (run_dir / rel).read_bytes(), rel
 
 
 def test_failing_notebook_leaves_no_output(tmp_path, monkeypatch):

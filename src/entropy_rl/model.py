@@ -111,3 +111,19 @@ def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def save_adapter(policy, path: str | Path) -> Path:
+    """Save the LoRA adapter atomically in PEFT format, with a byte-stable ``adapter_config.json``
+    (PEFT keeps ``target_modules`` as a set, whose order changes from process to process)."""
+    import json
+
+    from .notebooks import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        policy.save_pretrained(tmp)
+        cfg_path = Path(tmp) / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()}
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return Path(path)

@@ -35,9 +35,13 @@ def find_root(start: str | Path | None = None) -> Path:
 
 
 def enter_root() -> Path:
-    """chdir to the repository root (notebooks use paths relative to it, under papermill and in Jupyter)."""
+    """chdir to the repository root (notebooks use paths relative to it, under papermill and in Jupyter), and
+    quiet the libraries' own progress bars when ours go to the terminal."""
+    from .progress import quiet_libraries
+
     root = find_root()
     os.chdir(root)
+    quiet_libraries()
     return root
 
 
@@ -75,20 +79,33 @@ def strip(path: str | Path) -> bool:
     return changed
 
 
-def scrub(path: str | Path) -> None:
-    """Remove papermill's and Jupyter's timing metadata from an executed notebook."""
+def scrub(path: str | Path) -> list[str]:
+    """Make an executed notebook reproducible: drop papermill's and Jupyter's timing metadata, number the cell
+    ids, and take out ``stderr`` streams (warnings that carry machine paths, progress remnants with rates).
+
+    Returns the removed stderr texts, so that the caller can show them in the terminal instead."""
     path = Path(path)
     nb = json.loads(path.read_text())
     pm = nb.get("metadata", {}).get("papermill", {})
-    for k in _TIMING_KEYS:
+    for k in (*_TIMING_KEYS, "input_path", "output_path"):
         pm.pop(k, None)
-    pm.pop("input_path", None), pm.pop("output_path", None)
-    for cell in nb.get("cells", []):
+    removed: list[str] = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        cell["id"] = f"cell-{i:03d}"
         md = cell.get("metadata", {})
         md.pop("execution", None)
         for k in _TIMING_KEYS:
             md.get("papermill", {}).pop(k, None)
+        if cell.get("cell_type") == "code":
+            keep = []
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    removed.append("".join(out.get("text", "")))
+                else:
+                    keep.append(out)
+            cell["outputs"] = keep
     write_text(path, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    return removed
 
 
 def parse_value(text: str):
@@ -112,9 +129,13 @@ def run(notebook: str | Path, output: str | Path, parameters: dict) -> Path:
     tmp = output.with_name(f".{output.stem}.running-{uuid.uuid4().hex[:8]}.ipynb")
     os.environ.setdefault("ENTROPY_RL_PROGRESS", "terminal")
     try:
+        # capture_fd_output=False: what the kernel writes to its file descriptor 2 (our progress bars) reaches
+        # this terminal live instead of the notebook.
         papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False, cwd=str(find_root()))
-        scrub(tmp)
+                                   progress_bar=False, cwd=str(find_root()),
+                                   extra_arguments=["--IPKernelApp.capture_fd_output=False"])
+        for text in scrub(tmp):
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
         tmp.replace(output)
     finally:
         if tmp.exists():

@@ -22,3 +22,13 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+def quiet_libraries() -> None:
+    """Under ``dvc repro`` (progress to the terminal or off), silence the libraries' own progress bars, whose
+    rates would otherwise land in the executed notebooks."""
+    if os.environ.get("ENTROPY_RL_PROGRESS", "auto") == "auto":
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
