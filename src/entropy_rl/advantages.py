@@ -7,6 +7,10 @@ Rewards arrive as ``[B]`` with the G samples of each prompt contiguous (``B = n_
 * ``dr_grpo`` (Dr. GRPO, Liu et al. 2025): ``A = r - mean`` (no std normalization).
 * ``rloo``: leave-one-out baseline ``A_i = r_i - mean_{j != i} r_j``.
 See methods.md §5.1 and §5.3.
+
+Two reward-level pieces of DAPO (methods.md §5.2) live here too, used by ``train.rl_step`` for any objective that
+switches them on: :func:`mixed_groups` (the dynamic-sampling filter) and :func:`overlong_penalty` (soft
+overlong punishment).
 """
 from __future__ import annotations
 
@@ -71,3 +75,27 @@ def solved_fraction(rewards: Tensor, group_size: int) -> dict[str, float]:
         "stats/groups_all_correct": (g.min(-1).values > 0).float().mean().item(),
         "stats/groups_all_wrong": (g.max(-1).values <= 0).float().mean().item(),
     }
+
+
+def mixed_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """``[P]`` bool: the groups whose rewards do not all agree (DAPO dynamic sampling keeps only these; verl
+    ``filter_groups`` keeps a group when the std of its metric is > 0, or it has one sample)."""
+    g = _groups(rewards, group_size)
+    if group_size == 1:
+        return torch.ones(g.shape[0], dtype=torch.bool)
+    return g.max(-1).values > g.min(-1).values
+
+
+def overlong_penalty(lengths: Tensor, l_max: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO soft overlong punishment, ``[B]`` (added to the reward before the advantage):
+
+    0 for ``|y| <= L_max - L_cache``; ``((L_max - L_cache) - |y|) / L_cache * factor`` inside the buffer; ``-factor``
+    at and beyond ``L_max`` (verl ``min(-(len - (L_max - buffer)) / buffer * penalty_factor, 0)``; the paper's -1
+    for ``|y| > L_max`` is the clamp). ``buffer = 0`` gives zeros (off).
+    """
+    if buffer <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32)
+    if buffer > l_max:
+        raise ValueError(f"overlong buffer {buffer} exceeds the length cap {l_max}")
+    over = (lengths.float() - (l_max - buffer)) / buffer
+    return (-over * factor).clamp(min=-factor, max=0.0)

@@ -242,6 +242,9 @@ class RLConfig:
     """response length cap (L_max)"""
     minibatches: int = 4
     """optimizer updates per rollout batch (more than one makes the ratio move away from 1)"""
+    micro_batches: int = 1
+    """gradient accumulation: forward/backward passes per optimizer update (splits each mini-batch; the
+    accumulated gradient equals the mini-batch's; `stat_scope: microbatch` objectives take statistics per pass)"""
     epochs: int = 1
     """passes over each rollout batch"""
     lr: float = 3e-4
@@ -256,8 +259,8 @@ class RLConfig:
     """atomic checkpoint every this many steps (a killed run resumes from it)"""
 
     def __post_init__(self):
-        for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "epochs",
-                  "eval_every", "eval_prompts", "checkpoint_every"):
+        for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "micro_batches",
+                  "epochs", "eval_every", "eval_prompts", "checkpoint_every"):
             positive(f"rl.{k}", getattr(self, k))
         positive("rl.temperature", self.temperature)
         positive("rl.lr", self.lr)
@@ -267,6 +270,11 @@ class RLConfig:
             raise ConfigError(
                 f"rl.minibatches: {self.minibatches} must divide prompts_per_step*group_size "
                 f"= {self.prompts_per_step * self.group_size}"
+            )
+        if (self.prompts_per_step * self.group_size // self.minibatches) % self.micro_batches:
+            raise ConfigError(
+                f"rl.micro_batches: {self.micro_batches} must divide the mini-batch size "
+                f"{self.prompts_per_step * self.group_size // self.minibatches}"
             )
 
 
@@ -282,10 +290,35 @@ class EvalConfig:
     """sequences generated at once"""
     seed: int = 0
     """sampling seed"""
+    benchmarks: list[str] = field(default_factory=list)
+    """math benchmarks to evaluate (`gsm8k`, `math500`, `aime24`, `aime25`, `amc23`, `minerva`, `olympiadbench`);
+    empty = the profile's own held-out split (`<data_dir>/eval.jsonl`)"""
+    data_source: str = "data"
+    """where the benchmarks are read: a directory in the layout of `data/` (pinned by data.dvc), or `hub`"""
+    limit: int = 0
+    """first N problems of each benchmark (0 = all)"""
+    template: str = "boxed"
+    """prompt template of the benchmarks (`boxed`, `qwen_math`, `plain`; see entropy_rl.benchmarks)"""
+    backend: str = "hf"
+    """sampling backend (entropy_rl.evaluate.BACKENDS)"""
+    verify_timeout: float = 10.0
+    """seconds math-verify may spend on one response (in a worker process) before it counts as incorrect"""
+    verify_workers: int = 0
+    """math-verify worker processes (0 = one per core)"""
 
     def __post_init__(self):
+        from .benchmarks import BENCHMARKS, TEMPLATES
+        from .evaluate import BACKENDS
+
         positive("eval.n_samples", self.n_samples)
         positive("eval.temperature", self.temperature)
+        for b in self.benchmarks:
+            choice("eval.benchmarks", b, BENCHMARKS)
+        choice("eval.template", self.template, TEMPLATES)
+        choice("eval.backend", self.backend, BACKENDS)
+        positive("eval.limit", self.limit, allow_zero=True)
+        positive("eval.verify_timeout", self.verify_timeout)
+        positive("eval.verify_workers", self.verify_workers, allow_zero=True)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""The RL step and loop: rollout → reward → advantage → token stats → objective → update → log.
+"""The RL step and loop: rollout → reward → advantage → token stats → objective → update → controllers → log.
 
-Nothing here knows which objective runs: it is looked up by name and called with the same signature.
-A run checkpoints atomically (adapter, optimizer, log rows, step) every ``checkpoint_every`` steps and a
-restarted run resumes from the last checkpoint; every step reseeds from ``(seed, step)``, so a resumed run
-reproduces an uninterrupted one exactly.
+Nothing here knows which objective runs: it is looked up by name and called with the same signature, and its
+controller (if it registered one) updates ``run.state`` after each step. Rollout-level options of the objective's
+config (DAPO dynamic sampling, overlong reward shaping) apply to any objective. Each optimizer update may
+accumulate gradients over ``rl.micro_batches`` passes.
+A run checkpoints atomically (adapter, optimizer, controller state, log rows, step) every ``checkpoint_every``
+steps and a restarted run resumes from the last checkpoint; every step reseeds from ``(seed, step)``, so a resumed
+run reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -16,18 +19,24 @@ from typing import Callable
 
 import torch
 
-from .advantages import get_advantage, solved_fraction
+from .advantages import get_advantage, mixed_groups, overlong_penalty, solved_fraction
 from .config import RLConfig, config_hash
 from .evaluate import evaluate
 from .io import atomic_path
-from .objectives import RLBatch, get_objective
+from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, init_controller_state,
+                         update_controller_state)
 from .policy import frozen_stats, policy_stats
 from .progress import progress
-from .rollout import HFRollout
+from .rollout import HFRollout, Rollouts
 
 
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
+
+
+def gen_seed(seed: int, step: int, k: int) -> int:
+    """Sampling seed of generation batch ``k`` of a step (k = 0: the step seed, as without dynamic sampling)."""
+    return step_seed(seed, step) + k * 1_000_000_007_000
 
 
 @dataclasses.dataclass
@@ -44,7 +53,7 @@ class RLRun:
     reward_fn: Callable[[str, str], float]
     seed: int = 0
     state: dict = dataclasses.field(default_factory=dict)
-    """controller state (read by objectives, updated by controllers; part of the checkpoint)"""
+    """controller state (read by objectives, updated by controllers after each step; part of the checkpoint)"""
 
     def __post_init__(self):
         self.loss_fn = get_objective(self.objective)
@@ -52,20 +61,91 @@ class RLRun:
         self.sampler = HFRollout(self.policy, self.tokenizer, self.rl.max_new_tokens, self.rl.temperature)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.rl.lr, weight_decay=0.0)
+        if not self.state:
+            self.state.update(init_controller_state(self.objective, self.obj_cfg))
 
 
-def rl_step(run: RLRun, step: int) -> dict[str, float]:
-    """One rollout batch and its ``minibatches x epochs`` updates; returns the step's log row."""
-    rl, G = run.rl, run.rl.group_size
+# ----------------------------------------------------------------------------------------------------------
+# Rollout and reward (with DAPO's dynamic sampling and overlong shaping when the objective switches them on)
+# ----------------------------------------------------------------------------------------------------------
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """Stack rollout batches; prompts are left-padded to the widest (position ids follow the attention mask, so
+    extra left padding does not change the model's outputs)."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.prompt_ids.shape[1] for p in parts)
+    lpad = lambda x, v: torch.nn.functional.pad(x, (width - x.shape[1], 0), value=v)  # noqa: E731
+    return Rollouts(
+        prompt_ids=torch.cat([lpad(p.prompt_ids, pad_id) for p in parts]),
+        prompt_mask=torch.cat([lpad(p.prompt_mask, 0) for p in parts]),
+        response_ids=torch.cat([p.response_ids for p in parts]),
+        response_mask=torch.cat([p.response_mask for p in parts]),
+        texts=[t for p in parts for t in p.texts],
+        truncated=torch.cat([p.truncated for p in parts]),
+    )
+
+
+def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
+    """``prompts_per_step`` groups of G responses, their verifier rewards ``[B]`` and the step's sampling stats.
+
+    With ``dynamic_sampling`` (DAPO; verl ``filter_groups``) groups whose rewards all agree are dropped and new
+    batches of ``prompts_per_step`` unused prompts are generated until enough groups qualify (the first ones are
+    kept); more than ``max_gen_batches`` batches (<= 0: unlimited) is an error, as in verl.
+    """
+    rl, cfg, G = run.rl, run.obj_cfg, run.rl.group_size
     rng = random.Random(step_seed(run.seed, step))
-    prompts = rng.sample(run.train_rows, rl.prompts_per_step)
+    pool = list(range(len(run.train_rows)))
+    parts, kept_rewards, all_rewards = [], [], []
+    n_kept, k = 0, 0
+    while n_kept < rl.prompts_per_step:
+        if k and 0 < cfg.max_gen_batches <= k:
+            raise RuntimeError(
+                f"step {step}: dynamic sampling found {n_kept} of {rl.prompts_per_step} groups with mixed rewards in "
+                f"{k} generation batches (max_gen_batches = {cfg.max_gen_batches}); raise it or check the data")
+        if len(pool) < rl.prompts_per_step:
+            raise RuntimeError(f"step {step}: dynamic sampling ran out of unused training prompts")
+        picked = rng.sample(pool, rl.prompts_per_step)
+        taken = set(picked)
+        pool = [i for i in pool if i not in taken]
+        prompts = [run.train_rows[i] for i in picked]
+        ro = run.sampler.generate([p["problem"] for p in prompts], n=G, seed=gen_seed(run.seed, step, k))
+        rewards = torch.tensor([run.reward_fn(t, p["answer"]) for t, p in zip(ro.texts, (p for p in prompts for _ in range(G)))])
+        all_rewards.append(rewards)
+        keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool)
+        keep_idx = keep.nonzero().squeeze(-1)[: rl.prompts_per_step - n_kept]  # truncate to the batch size
+        rows = (keep_idx[:, None] * G + torch.arange(G)).reshape(-1)
+        parts.append(ro.select(rows))
+        kept_rewards.append(rewards[rows])
+        n_kept += keep_idx.numel()
+        k += 1
+    generated = torch.cat(all_rewards)
+    info = {"reward/mean": generated.mean().item(), "stats/gen_batches": float(k),
+            "stats/filtered_groups": 1.0 - mixed_groups(generated, G).float().mean().item() if cfg.dynamic_sampling else 0.0}
+    info.update(solved_fraction(generated, G))
+    return concat_rollouts(parts, run.tokenizer.pad_token_id), torch.cat(kept_rewards), info
 
-    # ---- Rollout: G samples per prompt from the current policy (= pi_old) ----
-    ro = run.sampler.generate([p["problem"] for p in prompts], n=G, seed=step_seed(run.seed, step))
-    # ---- Reward: the verifier scores each response ----
-    rewards = torch.tensor([run.reward_fn(t, p["answer"]) for t, p in zip(ro.texts, (p for p in prompts for _ in range(G)))])
+
+def shaped_rewards(run: RLRun, ro: Rollouts, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards plus DAPO's soft overlong penalty (zero unless ``overlong_buffer > 0``), and the penalty ``[B]``."""
+    cfg, l_max = run.obj_cfg, run.rl.max_new_tokens
+    buffer = max(round(cfg.overlong_buffer * l_max), 1) if cfg.overlong_buffer > 0 else 0
+    penalty = overlong_penalty(ro.lengths, l_max, buffer, cfg.overlong_penalty)
+    return rewards.float() + penalty, penalty
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------------------------
+def rl_step(run: RLRun, step: int) -> dict[str, float]:
+    """One rollout batch and its ``minibatches x epochs`` updates, then the controller update; returns the log row."""
+    rl, G = run.rl, run.rl.group_size
+    run.state.update(step=step, total_steps=rl.steps)  # for schedules; controllers update the rest after the step
+
+    # ---- Rollout + Reward: G samples per prompt from the current policy (= pi_old), scored by the verifier ----
+    ro, rewards, info = sample_groups(run, step)
+    scores, penalty = shaped_rewards(run, ro, rewards)
     # ---- Advantage: group-relative, broadcast over the response tokens ----
-    adv = run.adv_fn(rewards, G)[:, None].expand_as(ro.response_mask).float() * ro.response_mask
+    adv = run.adv_fn(scores, G)[:, None].expand_as(ro.response_mask).float() * ro.response_mask
     # ---- Old (and reference) log-probs: no gradient, same forward path as the update ----
     old = frozen_stats(run.policy, ro, rl.temperature)
     ref = frozen_stats(run.policy, ro, rl.temperature, reference=True)
@@ -78,37 +158,74 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     for _ in range(rl.epochs):
         perm = torch.randperm(B, generator=gen)
         for idx in perm.view(rl.minibatches, -1):
-            mb = ro.select(idx)
-            batch = RLBatch(old_logp=old.logp[idx], advantages=adv[idx], mask=mb.response_mask,
-                            ref_logp=ref.logp[idx], rewards=rewards[idx])
-            stats = policy_stats(run.policy, mb, rl.temperature)
-            loss, metrics = run.loss_fn(batch, stats, run.obj_cfg, run.state)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: non-finite loss {loss.item()} ({run.objective})")
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for p in run.policy.parameters() if p.requires_grad]
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip)))
-            run.optimizer.step()
-            for k, v in metrics.items():
-                sums[k] += float(v)
+            batch = RLBatch(old_logp=old.logp[idx], advantages=adv[idx], mask=ro.response_mask[idx],
+                            ref_logp=ref.logp[idx], rewards=scores[idx], l_max=rl.max_new_tokens,
+                            seed=step_seed(run.seed, step) * 4099 + n_updates)
+            metrics, grad_norm = update(run, ro.select(idx), batch, step)
+            grad_norms.append(grad_norm)
+            for key, v in metrics.items():
+                sums[key] += v
             n_updates += 1
 
     # ---- Log: step-level values are means over all updates of the step ----
     row = {"step": step + 1}
     row.update({k: v / n_updates for k, v in sorted(sums.items())})
     mask = ro.response_mask.float()
+    row.update(info)
     row.update({
-        "reward/mean": rewards.mean().item(),
         "stats/entropy_rollout": ((old.entropy * mask).sum() / mask.sum()).item(),
         "stats/kl_ref": _k3_mean(old.logp, ref.logp, mask),
         "stats/response_length": ro.lengths.float().mean().item(),
         "stats/truncation_rate": ro.truncated.float().mean().item(),
         "stats/unique_responses": len(set(ro.texts)) / len(ro.texts),
+        "stats/overlong_penalty": penalty.mean().item(),
         "stats/grad_norm": sum(grad_norms) / len(grad_norms),
     })
-    row.update(solved_fraction(rewards, G))
+    # ---- Controllers: new values from this step's row, applied from the next step ----
+    new_state = update_controller_state(run.objective, run.state, run.obj_cfg, row)
+    run.state.clear()
+    run.state.update(new_state)
     return row
+
+
+def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[str, float], float]:
+    """One optimizer update on a mini-batch, accumulating gradients over ``rl.micro_batches`` passes.
+
+    Each pass's loss is weighted by its share of the aggregation's denominator, so the accumulated gradient equals
+    the mini-batch's (global counts). For ``stat_scope: minibatch`` objectives a no-grad pass of the current policy
+    over the mini-batch gives each micro-batch the mini-batch's statistics (``RLBatch.scope``).
+    Returns the metrics (weighted like the loss) and the gradient norm before clipping.
+    """
+    rl, cfg, n_micro = run.rl, run.obj_cfg, run.rl.micro_batches
+    params = [p for p in run.policy.parameters() if p.requires_grad]
+    run.optimizer.zero_grad(set_to_none=True)
+    metrics: dict[str, float] = defaultdict(float)
+    if n_micro == 1:
+        passes = [(batch, mb, 1.0)]
+    else:
+        scope = None
+        if cfg.minibatch_scope:
+            cur = frozen_stats(run.policy, mb, rl.temperature)  # params do not change within the update
+            scope = StatScope(logp=cur.logp, entropy=cur.entropy, old_logp=batch.old_logp,
+                              advantages=batch.advantages, mask=batch.mask)
+        total = max(agg_denominator(batch.mask, cfg.agg), 1.0)
+        passes = []
+        for j, rows in enumerate(torch.arange(batch.mask.shape[0]).view(n_micro, -1)):
+            micro = batch.select(rows, scope)
+            if scope is None:
+                micro.seed = batch.seed * n_micro + j  # its own random draws per micro-batch
+            passes.append((micro, mb.select(rows), agg_denominator(micro.mask, cfg.agg) / total))
+    for micro, ro_micro, weight in passes:
+        stats = policy_stats(run.policy, ro_micro, rl.temperature)
+        loss, m = run.loss_fn(micro, stats, cfg, run.state)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: non-finite loss {loss.item()} ({run.objective})")
+        (loss * weight if weight != 1.0 else loss).backward()
+        for k, v in m.items():
+            metrics[k] += weight * float(v)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
+    run.optimizer.step()
+    return dict(metrics), grad_norm
 
 
 def _k3_mean(logp, ref_logp, mask) -> float:
@@ -131,7 +248,8 @@ def heldout_eval(run: RLRun, step: int, n: int = 4) -> dict[str, float]:
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------------
 def _resume_key(run: RLRun) -> str:
-    rl = dataclasses.replace(run.rl, steps=1)  # extending a run's steps may resume it
+    # extending a run's steps may resume it, unless a schedule of the objective depends on the total
+    rl = run.rl if run.obj_cfg.uses_total_steps else dataclasses.replace(run.rl, steps=1)
     return config_hash({"rl": dataclasses.asdict(rl), "obj": dataclasses.asdict(run.obj_cfg),
                         "objective": run.objective, "seed": run.seed})
 

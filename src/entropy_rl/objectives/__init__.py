@@ -8,18 +8,26 @@ and is looked up by name with :func:`get_objective`; its settings class with :fu
 Importing this package registers every objective.
 """
 from .agg import AGG_MODES, agg_loss
+from .agg import agg_denominator
 from .registry import (
     OBJECTIVES,
+    STAT_SCOPES,
     ObjectiveConfig,
     RLBatch,
+    StatScope,
     get_config_cls,
     get_objective,
+    init_controller_state,
     make_objective_config,
     register_objective,
+    update_controller_state,
 )
-from . import grpo  # noqa: F401  (registers "grpo")
+from . import grpo  # noqa: F401  (registers "grpo", "dr_grpo", "dapo")
+from . import entropy  # noqa: F401  (registers "entropy_bonus", "high_entropy_mask")
+from . import covariance  # noqa: F401  (registers "clip_cov", "kl_cov", "cov_annealed")
 
 __all__ = [
-    "AGG_MODES", "agg_loss", "OBJECTIVES", "ObjectiveConfig", "RLBatch", "get_config_cls", "get_objective",
-    "make_objective_config", "register_objective",
+    "AGG_MODES", "agg_loss", "agg_denominator", "OBJECTIVES", "STAT_SCOPES", "ObjectiveConfig", "RLBatch",
+    "StatScope", "get_config_cls", "get_objective", "init_controller_state", "make_objective_config",
+    "register_objective", "update_controller_state",
 ]

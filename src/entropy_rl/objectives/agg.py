@@ -13,12 +13,28 @@ For ``seq-mean-token-sum-norm`` the divisor is the *constant* ``l_max`` (the res
 number of rows, as in oat/TRL, so that the loss does not change with padding; verl's default divisor (the
 padded length, no division by B) changes with padding and batch size, which we do not follow [I].
 An all-masked batch gives a zero loss that still carries a (zero) gradient.
+
+Under gradient accumulation (``rl.micro_batches > 1``) each micro-batch's loss is weighted by
+``agg_denominator(micro) / agg_denominator(mini-batch)``, so that the accumulated gradient equals the mini-batch's
+exactly (global counts, as upstream verl; methods.md §5.6 (i)).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+def agg_denominator(mask: Tensor, mode: str) -> float:
+    """What ``agg_loss`` divides the masked sum by, up to constants: valid tokens (token-mean), rows with a
+    valid token (seq-mean-*), all rows (seq-mean-token-sum-norm, whose L_max is a constant)."""
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode '{mode}'; valid: {', '.join(AGG_MODES)}")
+    if mode == "token-mean":
+        return float(mask.sum())
+    if mode == "seq-mean-token-sum-norm":
+        return float(mask.shape[0])
+    return float((mask.sum(-1) > 0).sum())
 
 
 def agg_loss(loss: Tensor, mask: Tensor, mode: str, l_max: int | None = None) -> Tensor:

@@ -1,8 +1,12 @@
-"""Pieces shared by the policy-gradient objectives: the clipped surrogate and the k3 KL (methods.md §0, §5.1)."""
+"""Pieces shared by the policy-gradient objectives: the clipped surrogate, the k3 KL, the statistic scope and the
+diagnostics every objective logs (methods.md §0, §5.1, §7)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ..token_stats import TokenStats
+from .registry import RLBatch, StatScope
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -28,7 +32,7 @@ def clipped_surrogate(
     if clip_ratio_c is not None:
         dual = torch.minimum(-adv * clip_ratio_c, loss)
         loss = torch.where(adv < 0, dual, loss)
-    return loss, {"ratio": ratio, "clipped": clipped, "log_ratio": log_ratio}
+    return loss, {"ratio": ratio, "clipped": clipped, "log_ratio": log_ratio, "unclipped": loss_unclipped}
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -40,3 +44,39 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def resolve_l_max(cfg, batch: RLBatch) -> int:
+    """The constant L_max of `seq-mean-token-sum-norm`: the config's, else the batch's length cap, else the padded
+    width (the rollout pads every response to the cap, so the last two agree in the loop)."""
+    return getattr(cfg, "l_max", None) or batch.l_max or batch.mask.shape[-1]
+
+
+def stat_scope(batch: RLBatch, stats: TokenStats, scope: str) -> StatScope:
+    """The tokens a selection statistic is taken over (methods.md §4B(f)2, §5.5, §7 S5), detached.
+
+    ``microbatch``: the batch at hand (under gradient accumulation, one micro-batch: verl's reference code).
+    ``minibatch``: the whole mini-batch: ``batch.scope`` when the loop hands a micro-batch of it, else the batch at
+    hand (which then is the mini-batch). Select on the returned scope, then take ``scope.rows`` with :func:`local`.
+    """
+    if scope == "minibatch" and batch.scope is not None:
+        return batch.scope
+    return StatScope(logp=stats.logp.detach(), entropy=stats.entropy.detach(), old_logp=batch.old_logp,
+                     advantages=batch.advantages, mask=batch.mask)
+
+
+def local(x: Tensor, scope: StatScope) -> Tensor:
+    """The rows of a scope-wide ``[Bs, T]`` tensor that belong to the batch at hand."""
+    return x if scope.rows is None else x[scope.rows]
+
+
+def policy_metrics(batch: RLBatch, stats: TokenStats, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached diagnostics every policy-gradient objective reports."""
+    m = batch.mask
+    return {
+        "stats/entropy": masked_mean(stats.entropy.detach(), m),
+        "stats/nll_sampled": masked_mean(-stats.logp.detach(), m),
+        "stats/clip_frac": masked_mean(parts["clipped"], m).detach(),
+        "stats/ratio_mean": masked_mean(parts["ratio"].detach(), m),
+        "stats/approx_kl_old": masked_mean(0.5 * parts["log_ratio"].detach() ** 2, m),
+    }
