@@ -24,3 +24,10 @@ def test_arithmetic_reward():
     assert arithmetic_reward("1286", "1286") == 0.0  # no box, no reward
     with pytest.raises(KeyError, match="valid: arithmetic"):
         get_reward("chess")
+
+
+def test_arithmetic_vote_key():
+    from entropy_rl.rewards import arithmetic_vote_key
+
+    assert arithmetic_vote_key("7+9=16;\\boxed{ 1,286 }") == arithmetic_vote_key("\\boxed{1286}") == "1286"
+    assert arithmetic_vote_key("\\boxed{x}") == "x" and arithmetic_vote_key("1286") is None

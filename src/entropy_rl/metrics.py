@@ -1,9 +1,20 @@
-"""Evaluation metrics over n samples per prompt.
+"""Evaluation metrics over n samples per prompt, per benchmark and macro-averaged.
 
-* ``avg@n``: mean correctness over all samples (pass@1 under sampling).
+* ``avg@n``: mean correctness over all samples (= ``pass@1`` under sampling).
 * ``pass@k``: the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``, for every k <= n.
-* ``maj@k``: majority vote over the first k samples' extracted answers; samples without an answer do not vote;
-  ties go to the answer that appeared first among those k samples (deterministic); no vote = incorrect.
+* ``maj@k``: majority vote over the first k samples. Each sample votes for an answer *class* (its ``votes``
+  entry; without one, its extracted answer string). For the math benchmarks the classes come from
+  :meth:`entropy_rl.rewards.pool.MathVerifier.vote_classes`: samples whose answers math-verify parses to the
+  same sympy form, or judges equivalent to an earlier class's representative, share a class. Samples with no
+  answer do not vote. **Ties** go to the class that appeared first among those k samples. The vote is
+  correct when the first sample of the winning class (among the k) is correct; no vote at all = incorrect.
+* ``mean_length`` (tokens), ``truncation_rate`` (hit the length cap without EOS) and ``mean_token_entropy``
+  (token-weighted: the sum of all response-token entropies over the token count; absent when the backend gives
+  no entropies).
+* Several benchmarks: each is summarized alone (``benchmarks.<name>``), and every metric is also
+  macro-averaged, i.e. the unweighted mean over benchmarks, at the top level (``n_prompts`` is summed).
+
+:func:`metrics_from_samples` recomputes all of it from the per-sample records (``samples.jsonl``).
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_answer(answers: Sequence[str | None]) -> str | None:
+    """The most frequent non-None answer; a tie goes to the one that appeared first; None if nobody voted."""
     votes = Counter(a for a in answers if a is not None)
     if not votes:
         return None
@@ -32,34 +44,94 @@ def majority_answer(answers: Sequence[str | None]) -> str | None:
 
 
 def maj_at_k(answers: Sequence[str | None], gold_correct: Sequence[bool], k: int) -> float:
-    """1.0 if the majority answer of the first k samples is a correct one."""
+    """1.0 if the majority answer of the first k samples is correct (judged by its first sample)."""
     first = list(answers[:k])
     winner = majority_answer(first)
     if winner is None:
         return 0.0
-    return float(any(ok for a, ok in zip(first, gold_correct[:k]) if a == winner))
+    return float(next(ok for a, ok in zip(first, gold_correct[:k]) if a == winner))
 
 
 def summarize(per_prompt: list[dict], ks: Sequence[int] | None = None) -> dict[str, float]:
     """Aggregate per-prompt records ``{"correct": [bool]*n, "answers": [...], "lengths": [...],
-    "entropy_sums": [...], "truncated": [...]}`` into one metrics dict.
-
-    ``mean_token_entropy`` is token-weighted: the sum of all response-token entropies over the token count."""
+    "entropy_sums": [...], "truncated": [...]}`` (optionally ``"votes"``, the class each sample votes for in
+    maj@k) into one metrics dict. ``ks`` defaults to every k from 1 to n."""
     if not per_prompt:
         raise ValueError("no evaluation records")
     n = len(per_prompt[0]["correct"])
-    ks = [k for k in (ks or [1, 2, 4, 8, 16, 32, 64]) if k <= n] or [1]
-    if n not in ks:
-        ks.append(n)
+    if any(len(r["correct"]) != n for r in per_prompt):
+        raise ValueError("every prompt needs the same number of samples")
+    ks = sorted({k for k in (ks or range(1, n + 1)) if 1 <= k <= n} | {n})
     out: dict[str, float] = {"n_prompts": len(per_prompt), "n_samples": n}
     correct = np.array([r["correct"] for r in per_prompt], dtype=float)  # [P, n]
     out[f"avg@{n}"] = float(correct.mean())
     out["pass@1"] = float(correct.mean())
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(1)]))
-        out[f"maj@{k}"] = float(np.mean([maj_at_k(r["answers"], r["correct"], k) for r in per_prompt]))
+        out[f"maj@{k}"] = float(np.mean([maj_at_k(r.get("votes", r["answers"]), r["correct"], k) for r in per_prompt]))
     out["mean_length"] = float(np.mean([x for r in per_prompt for x in r["lengths"]]))
     out["truncation_rate"] = float(np.mean([x for r in per_prompt for x in r["truncated"]]))
-    tokens = sum(x for r in per_prompt for x in r["lengths"])
-    out["mean_token_entropy"] = float(sum(x for r in per_prompt for x in r["entropy_sums"]) / max(tokens, 1))
+    ent = [x for r in per_prompt for x in (r.get("entropy_sums") or [None])]
+    if all(x is not None for x in ent):
+        tokens = sum(x for r in per_prompt for x in r["lengths"])
+        out["mean_token_entropy"] = float(sum(ent) / max(tokens, 1))
     return out
+
+
+def macro_average(per_benchmark: dict[str, dict]) -> dict:
+    """Unweighted mean over benchmarks of every metric they all have (``n_prompts`` summed), plus
+    ``benchmarks`` (the per-benchmark dicts) and ``macro_over`` (their names, in order)."""
+    if not per_benchmark:
+        raise ValueError("no benchmarks to average")
+    names = list(per_benchmark)
+    common = [k for k in per_benchmark[names[0]] if all(k in per_benchmark[b] for b in names)]
+    out: dict = {}
+    for k in common:
+        vals = [per_benchmark[b][k] for b in names]
+        if not all(isinstance(v, (int, float)) for v in vals):
+            continue
+        out[k] = sum(vals) if k == "n_prompts" else float(np.mean(vals))
+    if len({per_benchmark[b]["n_samples"] for b in names}) == 1:
+        out["n_samples"] = per_benchmark[names[0]]["n_samples"]
+    out["benchmarks"] = {b: per_benchmark[b] for b in names}
+    out["macro_over"] = names
+    return out
+
+
+def per_prompt_records(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    """Group per-sample rows (``samples.jsonl``) into per-prompt records, by benchmark, in first-seen order;
+    the samples of a prompt are ordered by their ``sample`` index."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("benchmark", "default"), {}).setdefault(row["id"], []).append(row)
+    out: dict[str, list[dict]] = {}
+    for bench, prompts in groups.items():
+        out[bench] = []
+        for samples in prompts.values():
+            samples = sorted(samples, key=lambda r: r["sample"])
+            out[bench].append({
+                "correct": [bool(r["correct"]) for r in samples],
+                "answers": [r.get("answer") for r in samples],
+                "votes": [r.get("vote", r.get("answer")) for r in samples],
+                "lengths": [r["length"] for r in samples],
+                "entropy_sums": [r.get("entropy_sum") for r in samples],
+                "truncated": [bool(r["truncated"]) for r in samples],
+            })
+    return out
+
+
+def summarize_benchmarks(per_benchmark: dict[str, list[dict]], ks: Sequence[int] | None = None) -> dict:
+    """Per-benchmark :func:`summarize`, then :func:`macro_average`."""
+    return macro_average({b: summarize(p, ks) for b, p in per_benchmark.items()})
+
+
+def metrics_from_samples(rows: Sequence[dict], ks: Sequence[int] | None = None) -> dict:
+    """Every metric of an evaluation, recomputed offline from its per-sample rows (``samples.jsonl``)."""
+    return summarize_benchmarks(per_prompt_records(rows), ks)
+
+
+def metrics_from_jsonl(path, ks: Sequence[int] | None = None) -> dict:
+    """:func:`metrics_from_samples` of a ``samples.jsonl`` file."""
+    from .io import read_jsonl
+
+    return metrics_from_samples(read_jsonl(path), ks)

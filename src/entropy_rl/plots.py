@@ -49,18 +49,53 @@ def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run"
     return fig
 
 
-def pass_at_k(metrics: dict[str, dict], title: str = "held-out pass@k"):
-    """pass@k against k (log2 axis) for each model; ``metrics`` maps a model name to its metrics dict."""
+def _pass_rows(name: str, m: dict, panel: str) -> list[dict]:
+    return [{"model": name, "panel": panel, "k": int(key.split("@")[1]), "pass@k": v}
+            for key, v in m.items() if key.startswith("pass@") and isinstance(v, (int, float))]
+
+
+def pass_at_k(metrics: dict[str, dict], title: str = "held-out pass@k", baseline: str | None = "sft",
+              benchmarks: list[str] | None = None):
+    """pass@k against k (log2 axis), one line per model; ``metrics`` maps a model name to its metrics dict.
+
+    The starting model (``baseline``, when present) is drawn dashed in black, so RL models read against it.
+    When the metrics cover several benchmarks (``metrics[m]["benchmarks"]``), there is one panel per benchmark
+    (``benchmarks`` picks and orders them) plus the macro average."""
     sns.set_theme(style="whitegrid", context="notebook")
+    names = benchmarks or list(next(iter(metrics.values())).get("benchmarks") or {})
+    panels = (names + ["macro average"]) if len(names) > 1 else [title]
     rows = []
-    for name, m in metrics.items():
-        for key, v in m.items():
-            if key.startswith("pass@"):
-                rows.append({"model": name, "k": int(key.split("@")[1]), "pass@k": v})
+    for model, m in metrics.items():
+        if len(panels) == 1:
+            rows += _pass_rows(model, m, title)
+            continue
+        for b in names:
+            rows += _pass_rows(model, (m.get("benchmarks") or {}).get(b, {}), b)
+        rows += _pass_rows(model, m, "macro average")
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    sns.lineplot(data=df, x="k", y="pass@k", hue="model", marker="o", ax=ax)
-    ax.set_xscale("log", base=2)
-    ax.set_title(title)
+    cols = min(len(panels), 4)
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 if cols == 1 else 4.2 * cols, 3.6 * nrows), squeeze=False)
+    models = list(metrics)
+    palette = dict(zip([m for m in models if m != baseline], sns.color_palette(n_colors=max(len(models), 1))))
+    if baseline in models:
+        palette[baseline] = (0.1, 0.1, 0.1)
+    for ax, panel in zip(axes.flat, panels):
+        sub = df[df["panel"] == panel] if not df.empty else df
+        for model in models:
+            line = sub[sub["model"] == model].sort_values("k")
+            if line.empty:
+                continue
+            ax.plot(line["k"], line["pass@k"], marker="o", ms=3.5, color=palette[model],
+                    linestyle="--" if model == baseline else "-", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_title(panel)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    if len(panels) > 1:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

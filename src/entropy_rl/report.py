@@ -2,6 +2,9 @@
 
 Layout read (written by the notebooks): ``<runs_dir>/sft/eval/metrics.json`` and, for each RL run,
 ``<runs_dir>/<objective>-s<seed>/train/{curves,heldout}.csv`` and ``.../eval/metrics.json``.
+
+:func:`maj_table` lays the maj@k results out as the PAEC paper does (methods as rows, benchmarks as columns,
+then the macro average); :func:`write_table` saves any such table as markdown and csv.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import read_json
+from .io import read_json, write_text
 
 _RUN = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
 TABLE_KEYS = ("pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "mean_length", "mean_token_entropy", "truncation_rate")
@@ -59,3 +62,64 @@ def collect(runs_dir: str | Path) -> Runs:
         raise FileNotFoundError(f"{runs_dir}: no evaluation metrics found")
     cat = lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame()  # noqa: E731
     return Runs(steps=cat(steps), heldout=cat(heldout), eval_metrics=metrics)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------
+def method_of(model: str) -> str:
+    """``grpo-s0`` → ``grpo``; other names (``sft``) unchanged."""
+    m = _RUN.match(model)
+    return m.group("objective") if m else model
+
+
+def maj_table(eval_metrics: dict[str, dict], k: int | None = None, benchmarks: list[str] | None = None,
+              metric: str = "maj", percent: bool = True) -> pd.DataFrame:
+    """The PAEC layout (methods.md §3(d)): one row per method, one column per benchmark, then ``Avg.`` (the
+    macro average over those benchmarks), values ``maj@k`` in percent.
+
+    Runs of one method with several seeds are averaged (the ``seeds`` column counts them). ``k`` defaults to the
+    largest k every model has; ``metric="pass"`` or ``"avg"`` gives the same layout for pass@k or avg@k."""
+    from .benchmarks import BENCHMARKS
+
+    per_model = {name: (m.get("benchmarks") or {"all": m}) for name, m in eval_metrics.items()}
+    names = benchmarks or list(next(iter(per_model.values())))
+    if k is None:
+        k = min(int(m[b]["n_samples"]) for m in per_model.values() for b in names)
+    key = f"{metric}@{k}"
+    rows: dict[str, list[dict]] = {}
+    for model, per_bench in per_model.items():
+        missing = [b for b in names if key not in per_bench.get(b, {})]
+        if missing:
+            raise KeyError(f"{model}: no {key} for {', '.join(missing)}")
+        rows.setdefault(method_of(model), []).append({b: per_bench[b][key] for b in names})
+    scale = 100.0 if percent else 1.0
+    table = pd.DataFrame({
+        method: {**{b: scale * sum(r[b] for r in runs) / len(runs) for b in names}, "seeds": len(runs)}
+        for method, runs in rows.items()
+    }).T
+    table["Avg."] = table[names].mean(axis=1)
+    table = table.rename(columns={b: BENCHMARKS[b].title if b in BENCHMARKS else b for b in names})
+    table.index.name = f"{key}{' (%)' if percent else ''}"
+    table["seeds"] = table["seeds"].astype(int)
+    return table[[c for c in table.columns if c != "seeds"] + ["seeds"]]
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
+    """A GitHub markdown table (index as the first column), without extra dependencies."""
+    def cell(v):
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(df.columns)) + "|"]
+    for idx, row in zip(df.index, df.itertuples(index=False)):  # itertuples keeps each column's dtype
+        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
+    """``<path>.md`` and ``<path>.csv``, written atomically."""
+    path = Path(path)
+    md, csv = path.with_suffix(".md"), path.with_suffix(".csv")
+    write_text(md, to_markdown(df))
+    write_text(csv, df.to_csv(float_format="%.4f"))
+    return md, csv
