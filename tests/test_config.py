@@ -29,10 +29,12 @@ def test_every_registered_objective_has_params_preset_and_card():
 
 def test_every_rl_run_names_a_profile_and_objective():
     params = read_params(ROOT / "params.yaml")
-    for key, run in params["rl_runs"].items():
-        assert run["profile"] in params["profiles"], key
-        assert run["objective"] in OBJECTIVES, key
-        assert key == f"{run['profile']}-{run['objective']}-s{run['seed']}"
+    for runs, profiles in (("rl_runs", params["profiles"]), ("more_rl_runs", params["more_profiles"])):
+        for key, run in (params.get(runs) or {}).items():
+            assert run["profile"] in profiles, key
+            assert run["objective"] in OBJECTIVES, key
+            assert key == f"{run['profile']}-{run['objective']}-s{run['seed']}"
+            load_profile(ROOT / "params.yaml", run["profile"])
 
 
 @pytest.mark.parametrize(

@@ -351,7 +351,7 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(f) or {}
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    valid = {"profiles", "more_profiles", "objectives", "rl_runs"}
+    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "more_rl_runs"}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}")
