@@ -19,6 +19,9 @@ CURVE_PANELS = [
     ("stats/response_length", "response length (tokens)"),
     ("stats/clip_frac", "clip fraction"),
     ("stats/kl_ref", "KL to reference (k3)"),
+    ("stats/mask_frac", "80/20: fraction of tokens kept"),
+    ("stats/cov_selected_frac", "Cov: fraction of tokens selected"),
+    ("stats/entropy_coef", "entropy coefficient"),
 ]
 
 
@@ -32,20 +35,27 @@ def save(fig, path: str | Path) -> Path:
 
 
 def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run", panels=CURVE_PANELS):
-    """One panel per metric, one line per run. ``steps`` and ``heldout`` are long tables with ``step``."""
+    """One panel per metric, one line per ``hue`` value (mean ± 1 sd where several runs share it, e.g. seeds).
+
+    Colours are fixed per ``hue`` value across panels; panels whose metric no run logs are left out."""
     sns.set_theme(style="whitegrid", context="notebook")
+    panels = [(k, lbl) for k, lbl in panels if k in (heldout if k.startswith("heldout/") else steps)]
+    order = sorted(set(steps.get(hue, pd.Series(dtype=str))) | set(heldout.get(hue, pd.Series(dtype=str))))
+    palette = dict(zip(order, sns.color_palette("tab10", max(len(order), 1))))
     cols = 3
-    rows = (len(panels) + cols - 1) // cols
+    rows = max(1, (len(panels) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
         src = heldout if key.startswith("heldout/") else steps
-        if key in src:
-            sns.lineplot(data=src, x="step", y=key, hue=hue, ax=ax, errorbar=("sd", 1), legend=ax is axes.flat[0])
+        sns.lineplot(data=src.dropna(subset=[key]), x="step", y=key, hue=hue, hue_order=order, palette=palette,
+                     ax=ax, errorbar=("sd", 1), legend=False)
         ax.set_title(label)
         ax.set_ylabel("")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=palette[h], label=h) for h in order]
+    fig.legend(handles=handles, title=hue, loc="upper center", ncol=min(len(order), 5), bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if len(order) <= 5 else 0.88))
     return fig
 
 

@@ -123,3 +123,58 @@ def write_table(df: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
     write_text(md, to_markdown(df))
     write_text(csv, df.to_csv(float_format="%.4f"))
     return md, csv
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objectives compared: mean and spread over seeds, and the entropy claims of the papers
+# ----------------------------------------------------------------------------------------------------------
+COMPARE_KEYS = ("pass@1", "pass@8", "maj@8", "mean_token_entropy", "mean_length")
+# The papers' qualitative claim at a glance: against GRPO these keep the token entropy higher.
+ENTROPY_PRESERVING = ("entropy_bonus", "dapo", "high_entropy_mask", "clip_cov", "kl_cov", "cov_annealed")
+
+
+def training_entropy(steps: pd.DataFrame, last_frac: float = 0.5) -> pd.Series:
+    """Mean token entropy (``stats/entropy``) over the last ``last_frac`` of each run's steps, by run."""
+    out = {}
+    for run, df in steps.groupby("run"):
+        df = df.sort_values("step")
+        out[run] = float(df["stats/entropy"].iloc[int(len(df) * (1 - last_frac)):].mean())
+    return pd.Series(out, name="train_entropy_late")
+
+
+def objective_table(runs: Runs) -> pd.DataFrame:
+    """One row per objective: mean and std over seeds of the final metrics and the late training entropy."""
+    rows = []
+    late = training_entropy(runs.steps) if not runs.steps.empty else pd.Series(dtype=float)
+    for model, m in runs.eval_metrics.items():
+        row = {"objective": method_of(model), **{k: m.get(k) for k in COMPARE_KEYS}}
+        row["train_entropy_late"] = late.get(model, float("nan"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    stats = df.groupby("objective").agg(["mean", "std", "count"])
+    out = pd.DataFrame(index=stats.index)
+    for k in (*COMPARE_KEYS, "train_entropy_late"):
+        out[k] = stats[(k, "mean")]
+        out[f"{k} sd"] = stats[(k, "std")].fillna(0.0)
+    out["seeds"] = stats[(COMPARE_KEYS[0], "count")].astype(int)
+    return out
+
+
+def entropy_claims(table: pd.DataFrame, baseline: str = "grpo", claimed=ENTROPY_PRESERVING) -> list[dict]:
+    """Does each objective keep the late training entropy above ``baseline``'s? With several seeds the claim
+    holds only if the means differ by more than the two standard deviations added; with one seed it is a
+    single-run comparison and says so."""
+    if baseline not in table.index:
+        return []
+    b, b_sd = table.loc[baseline, "train_entropy_late"], table.loc[baseline, "train_entropy_late sd"]
+    out = []
+    for obj in claimed:
+        if obj not in table.index:
+            continue
+        v, sd = table.loc[obj, "train_entropy_late"], table.loc[obj, "train_entropy_late sd"]
+        seeds = int(min(table.loc[obj, "seeds"], table.loc[baseline, "seeds"]))
+        margin = (sd + b_sd) if seeds > 1 else 0.0
+        verdict = "holds" if v - b > margin else ("not reproduced" if v <= b else "within seed spread")
+        out.append({"objective": obj, "entropy": float(v), f"{baseline}_entropy": float(b), "ratio": float(v / b),
+                    "seeds": seeds, "verdict": verdict + ("" if seeds > 1 else " (1 seed)")})
+    return out
