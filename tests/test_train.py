@@ -97,7 +97,7 @@ def test_schedules_that_use_the_total_do_not_resume_with_other_steps(tiny_model_
     assert key(2, objective="cov_annealed", schedule="constant") == key(4, objective="cov_annealed", schedule="constant")
 
 
-@pytest.mark.parametrize("objective", ["grpo", "high_entropy_mask"])
+@pytest.mark.parametrize("objective", ["grpo", "high_entropy_mask", "erpo"])
 def test_gradient_accumulation_matches_one_pass(tiny_model_dir, small_model_cfg, objective):
     rows = {}
     for n_micro in (1, 4):
@@ -123,3 +123,55 @@ def test_dapo_step_filters_groups_and_shapes_long_responses(tiny_model_dir, smal
     assert row["stats/overlong_penalty"] < 0  # random weights: many responses run into the 8-token cap
     for key in ("reward/mean", "stats/groups_all_correct", "loss/pg", "stats/clip_frac"):
         assert key in row
+
+
+# ------------------------------------------------------------------------------- objectives II: ERPO, REPO, ADAPO, PAEC
+@pytest.mark.parametrize("objective,obj,key,want", [
+    ("repo_r", dict(target_entropy=100.0), "zeta", [1e-3, 2e-3]),  # entropy below target: zeta doubles
+    ("repo", dict(target_entropy=0.0), "zeta", [1e-3, 5e-4]),  # above target: zeta halves
+    ("adapo", dict(target_entropy=100.0), "clip_high", [0.28, 0.308]),  # below target: eps_high * 1.1
+    ("paec", dict(anchor_steps=1), "anchor", None),  # H0 = the first step's masked entropy, penalty from step 2
+])
+def test_objective_controllers_resume_exactly(tiny_model_dir, small_model_cfg, tmp_path, objective, obj, key, want):
+    import copy
+
+    obj = dict(objective=objective, **obj, **({} if objective == "paec" else dict(dynamic_sampling=False)))
+    straight = make_run(tiny_model_dir, small_model_cfg, steps=2, **obj)
+    row1 = rl_step(straight, 0)
+    save_checkpoint(tmp_path / "ctrl.pt", straight, 1, [row1], [])
+    snapshot = copy.deepcopy(straight.state)
+    row2 = rl_step(straight, 1)
+    resumed = make_run(tiny_model_dir, small_model_cfg, steps=2, **obj)
+    assert resumed.state != snapshot  # the initial state, before loading
+    assert load_checkpoint(tmp_path / "ctrl.pt", resumed)[0] == 1
+    assert resumed.state == snapshot
+    assert rl_step(resumed, 1) == row2 and resumed.state == straight.state
+    a, b = adapter_state(straight), adapter_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if want is not None:  # the value applied at each step (the controller acts from the next step)
+        assert [row1[f"stats/{key}"], row2[f"stats/{key}"]] == pytest.approx(want)
+    else:
+        assert snapshot["anchor"] == pytest.approx(row1["stats/paec_masked_entropy"])
+        assert row1["stats/paec_floor"] == 0.0 and row2["stats/paec_floor"] == pytest.approx(0.8 * snapshot["anchor"])
+
+
+def test_erpo_sees_whole_groups_and_bf16_logprobs_reach_the_objective(tiny_model_dir, small_model_cfg):
+    seen = []
+    for objective, obj in (("erpo", {}), ("adapo", dict(dynamic_sampling=False, logprob_dtype="bfloat16"))):
+        run = make_run(tiny_model_dir, small_model_cfg, steps=1, objective=objective, **obj)
+        inner = run.loss_fn
+        run.loss_fn = lambda batch, stats, cfg, state, f=inner: seen.append((batch, stats.logp.detach())) or f(
+            batch, stats, cfg, state)
+        row = rl_step(run, 0)
+        assert all(v == v for v in row.values())
+        if objective == "erpo":
+            assert {"stats/erpo_gate_mean", "stats/erpo_progress", "stats/erpo_adv_abs"} <= set(row)
+            batch = seen[0][0]
+            B, G = batch.rollout.mask.shape[0], run.rl.group_size
+            assert torch.equal(batch.rollout.group_ids, torch.arange(B) // G) and batch.mask.shape[0] == B // 2
+            assert torch.equal(batch.group_ids, batch.rollout.group_ids[batch.rollout_rows])
+            assert torch.equal(batch.old_logp, batch.rollout.old_logp[batch.rollout_rows])
+            assert len(set(batch.group_ids.tolist())) > 1
+    bf16 = lambda x: torch.equal(x, x.bfloat16().float())  # noqa: E731
+    assert not bf16(seen[0][1]) and not bf16(seen[0][0].old_logp)  # float32 by default
+    assert all(bf16(logp) and bf16(batch.old_logp) and bf16(batch.ref_logp) for batch, logp in seen[2:])

@@ -28,6 +28,7 @@ from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, ini
 from .policy import frozen_stats, policy_stats
 from .progress import progress
 from .rollout import HFRollout, Rollouts
+from .token_stats import DEFAULT_TOP_P, TokenStats
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -147,20 +148,24 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     # ---- Advantage: group-relative, broadcast over the response tokens ----
     adv = run.adv_fn(scores, G)[:, None].expand_as(ro.response_mask).float() * ro.response_mask
     # ---- Old (and reference) log-probs: no gradient, same forward path as the update ----
-    old = frozen_stats(run.policy, ro, rl.temperature)
-    ref = frozen_stats(run.policy, ro, rl.temperature, reference=True)
+    old = logprob_precision(frozen_stats(run.policy, ro, rl.temperature), run.obj_cfg.logprob_dtype)
+    ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True), run.obj_cfg.logprob_dtype)
 
     # ---- Loss & update: minibatches over the rollout batch ----
     sums: dict[str, float] = defaultdict(float)
     n_updates, grad_norms = 0, []
     gen = torch.Generator().manual_seed(step_seed(run.seed, step))
     B = rewards.numel()
+    # the whole rollout batch (complete groups), for objectives that pool statistics over a group (ERPO)
+    rollout = RLBatch(old_logp=old.logp, advantages=adv, mask=ro.response_mask, ref_logp=ref.logp, rewards=scores,
+                      l_max=rl.max_new_tokens, group_ids=torch.arange(B) // G, old_entropy=old.entropy)
     for _ in range(rl.epochs):
         perm = torch.randperm(B, generator=gen)
         for idx in perm.view(rl.minibatches, -1):
             batch = RLBatch(old_logp=old.logp[idx], advantages=adv[idx], mask=ro.response_mask[idx],
                             ref_logp=ref.logp[idx], rewards=scores[idx], l_max=rl.max_new_tokens,
-                            seed=step_seed(run.seed, step) * 4099 + n_updates)
+                            seed=step_seed(run.seed, step) * 4099 + n_updates, group_ids=rollout.group_ids[idx],
+                            old_entropy=old.entropy[idx], rollout=rollout, rollout_rows=idx)
             metrics, grad_norm = update(run, ro.select(idx), batch, step)
             grad_norms.append(grad_norm)
             for key, v in metrics.items():
@@ -205,7 +210,7 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
     else:
         scope = None
         if cfg.minibatch_scope:
-            cur = frozen_stats(run.policy, mb, rl.temperature)  # params do not change within the update
+            cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature), cfg.logprob_dtype)  # params fixed
             scope = StatScope(logp=cur.logp, entropy=cur.entropy, old_logp=batch.old_logp,
                               advantages=batch.advantages, mask=batch.mask)
         total = max(agg_denominator(batch.mask, cfg.agg), 1.0)
@@ -216,7 +221,8 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
                 micro.seed = batch.seed * n_micro + j  # its own random draws per micro-batch
             passes.append((micro, mb.select(rows), agg_denominator(micro.mask, cfg.agg) / total))
     for micro, ro_micro, weight in passes:
-        stats = policy_stats(run.policy, ro_micro, rl.temperature)
+        stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=getattr(cfg, "top_p", DEFAULT_TOP_P))
+        stats = logprob_precision(stats, cfg.logprob_dtype)
         loss, m = run.loss_fn(micro, stats, cfg, run.state)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: non-finite loss {loss.item()} ({run.objective})")
@@ -226,6 +232,14 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
     run.optimizer.step()
     return dict(metrics), grad_norm
+
+
+def logprob_precision(stats: TokenStats, dtype: str) -> TokenStats:
+    """``stats`` with its log-probs rounded to ``dtype`` and back (``logprob_dtype``: the REPO/ADAPO precision
+    experiment, methods.md §2 Theorem 3, §9); gradients pass the rounding. ``float32``: ``stats`` unchanged."""
+    if dtype == "float32":
+        return stats
+    return dataclasses.replace(stats, logp=stats.logp.to(getattr(torch, dtype)).to(stats.logp.dtype))
 
 
 def _k3_mean(logp, ref_logp, mask) -> float:

@@ -25,6 +25,9 @@ from .registry import (
 from . import grpo  # noqa: F401  (registers "grpo", "dr_grpo", "dapo")
 from . import entropy  # noqa: F401  (registers "entropy_bonus", "high_entropy_mask")
 from . import covariance  # noqa: F401  (registers "clip_cov", "kl_cov", "cov_annealed")
+from . import erpo  # noqa: F401  (registers "erpo")
+from . import repo  # noqa: F401  (registers "repo", "repo_r", "adapo")
+from . import paec  # noqa: F401  (registers "paec")
 
 __all__ = [
     "AGG_MODES", "agg_loss", "agg_denominator", "OBJECTIVES", "STAT_SCOPES", "ObjectiveConfig", "RLBatch",

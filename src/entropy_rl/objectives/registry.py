@@ -19,6 +19,7 @@ from ..config import ConfigError, choice, from_dict
 from .agg import AGG_MODES
 
 STAT_SCOPES = ("minibatch", "microbatch")
+LOGPROB_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -57,6 +58,15 @@ class RLBatch:
     """seed of any randomness inside the objective (the loop derives it from run seed, step and update)"""
     scope: StatScope | None = None
     """the mini-batch this micro-batch belongs to, for `stat_scope: minibatch` (None: this batch is its own scope)"""
+    group_ids: Tensor | None = None
+    """``[B]`` int64: the prompt group of each row (rows with equal ids answer the same prompt)"""
+    old_entropy: Tensor | None = None
+    """token entropies under the policy that generated the responses (detached)"""
+    rollout: "RLBatch | None" = None
+    """the whole rollout batch this batch was drawn from (complete groups, detached), for statistics pooled over a
+    group (ERPO); None: this batch is its own rollout"""
+    rollout_rows: Tensor | None = None
+    """``[B]`` the rows of this batch within ``rollout``"""
 
     def select(self, rows: Tensor, scope: StatScope | None = None) -> "RLBatch":
         """The rows ``rows`` (a ``[b]`` index tensor) as a micro-batch; ``scope`` (if given) gets those rows."""
@@ -65,7 +75,8 @@ class RLBatch:
             scope = dataclasses.replace(scope, rows=rows)
         return RLBatch(old_logp=self.old_logp[rows], advantages=self.advantages[rows], mask=self.mask[rows],
                        ref_logp=pick(self.ref_logp), rewards=pick(self.rewards), l_max=self.l_max, seed=self.seed,
-                       scope=scope)
+                       scope=scope, group_ids=pick(self.group_ids), old_entropy=pick(self.old_entropy),
+                       rollout=self.rollout, rollout_rows=pick(self.rollout_rows))
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,16 @@ class ObjectiveConfig:
     0.2); responses longer than L_max - L_cache get a linear penalty down to -overlong_penalty (0 = off)"""
     overlong_penalty: float = 1.0
     """DAPO/verl `penalty_factor`: the penalty at the length cap"""
+    logprob_dtype: str = "float32"
+    """precision of the per-token log-probs (current, old, reference) before any ratio: `float32` (the fix of
+    methods.md §2/§7 S1), or `bfloat16`/`float16` to reproduce the REPO/ADAPO precision finding (§2 Theorem 3, §9)"""
 
     def __post_init__(self):
         from ..advantages import ADVANTAGES
 
         choice("advantage", self.advantage, sorted(ADVANTAGES))
         choice("agg", self.agg, AGG_MODES)
+        choice("logprob_dtype", self.logprob_dtype, LOGPROB_DTYPES)
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef: must be >= 0, got {self.kl_coef}")
         if not 0.0 <= self.overlong_buffer < 1.0:

@@ -1,0 +1,185 @@
+"""ERPO: token-level entropy-regulated advantages (methods.md §1, §7 S6-S7, §9). The paper's method section was not
+available: every equation is [S] (a notes file and a third-party re-implementation) or [I], behind an option.
+
+    z_G(x)   = (x - mean_G x) / (std_G x + eps)           over the valid tokens of one prompt group (Bessel std)
+    W        = sigmoid(gamma * z_G(H))                     entropy-aware gate
+    s        = beta_p (log pi - log pi_ref)                implicit progress (or against pi_old)
+    s~       = z_{G,b}(s)                                  bucket normalization, b = min(floor(K t / |o|), K - 1)
+    A_ERPO   = |o_i| W / sum_u W * A_i + eta * W sgn(A_i) s~
+
+``A_ERPO`` (detached) replaces the group advantage in the GRPO clipped surrogate. Shapes: every tensor ``[B, T]``;
+``group_ids`` ``[B]``. Fidelity card: docs/objectives/erpo.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..config import ConfigError, choice
+from ..token_stats import TokenStats
+from .common import masked_mean, upcast
+from .grpo import GRPOConfig, clipped_pg_loss
+from .registry import RLBatch, register_objective
+
+PROGRESS_NORMS = ("buckets", "group", "none")
+
+
+@dataclass(frozen=True)
+class ERPOConfig(GRPOConfig):
+    gamma: float = 5.0
+    """gate sharpness: W = sigmoid(gamma * z_G(H)) (re-implementation default 5.0)"""
+    n_buckets: int = 10
+    """K relative-position buckets of the progress normalization (re-implementation: 10)"""
+    eta: float = 0.2
+    """weight of the additive result-anchored synthesis term (re-implementation: 0.2)"""
+    beta_p: float = 0.1
+    """scale of the implicit progress signal s = beta_p (log pi - log pi_base) (re-implementation: 0.1)"""
+    gate: bool = True
+    """entropy-aware gate; false = W = 1 everywhere (the gate ablation)"""
+    gate_on_advantage: bool = True
+    """W redistributes the group advantage within each response, its per-response sum preserved (methods.md §1(a)6)"""
+    gate_on_progress: bool = True
+    """W multiplies the synthesis term (the notes' formula Psi = W sgn(A) s~; the re-implementation's code omits it)"""
+    synthesis: bool = True
+    """add eta * Psi; false = no progress term at all (the synthesis ablation)"""
+    progress_norm: str = "buckets"
+    """z-score of s within (group, position bucket) `buckets`, within the whole group `group` (the bucket ablation),
+    or `none` (raw s)"""
+    progress_ref: str = "ref"
+    """s against the reference policy (the frozen base) `ref`, or against the rollout policy `old`"""
+    stats_from: str = "rollout"
+    """H and log pi from the rollout pass over whole groups `rollout`, or from this update's forward pass (groups
+    pooled over the rows present in the batch) `current`"""
+    min_bucket_tokens: int = 2
+    """a bucket (or group) with fewer valid tokens gets s~ = 0 (methods.md §1(f)5)"""
+    eps: float = 1e-6
+    """epsilon of the z-scores"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("progress_norm", self.progress_norm, PROGRESS_NORMS)
+        choice("progress_ref", self.progress_ref, ["ref", "old"])
+        choice("stats_from", self.stats_from, ["rollout", "current"])
+        if self.n_buckets < 1 or self.min_bucket_tokens < 1 or self.gamma < 0 or self.eta < 0 or self.eps <= 0:
+            raise ConfigError(f"need n_buckets >= 1, min_bucket_tokens >= 1, gamma >= 0, eta >= 0, eps > 0; got "
+                              f"{self.n_buckets}, {self.min_bucket_tokens}, {self.gamma}, {self.eta}, {self.eps}")
+        if self.progress_ref == "old" and self.stats_from == "rollout":
+            raise ConfigError("progress_ref: 'old' needs stats_from: current (from the rollout pass s = 0 exactly)")
+
+    @property
+    def needs_ref(self) -> bool:
+        return super().needs_ref or self.progress_ref == "ref"
+
+
+def segment_zscore(x: Tensor, mask: Tensor, keys: Tensor, n_keys: int, eps: float, min_count: int = 1
+                   ) -> tuple[Tensor, Tensor]:
+    """z-score of ``x`` within segments: ``keys [B, T]`` in ``0..n_keys-1`` name each token's segment; mean and
+    Bessel-corrected std over the segment's valid tokens (std 0 for one token), one ``index_add_`` pass each
+    (methods.md §7 S6). Tokens of segments with fewer than ``min_count`` valid tokens, and padding, get 0.
+    Returns the z-scores and each token's segment size ``[B, T]``."""
+    sel = mask.bool()
+    k, v = keys[sel], x[sel]  # [N]
+    count = torch.zeros(n_keys, dtype=v.dtype, device=v.device).index_add_(0, k, torch.ones_like(v))
+    mean = torch.zeros_like(count).index_add_(0, k, v) / count.clamp(min=1)
+    dev = v - mean[k]
+    var = torch.zeros_like(count).index_add_(0, k, dev * dev) / (count - 1).clamp(min=1)
+    z = torch.where(count[k] >= min_count, dev / (var.sqrt()[k] + eps), torch.zeros_like(v))
+    out, size = torch.zeros_like(x), torch.zeros_like(x)
+    out[sel], size[sel] = z, count[k]
+    return out, size
+
+
+def relative_buckets(mask: Tensor, n_buckets: int) -> Tensor:
+    """``b = min(floor(K t / |o_i|), K - 1)`` with ``t`` the 0-based index among the row's valid tokens (integer
+    arithmetic, so no rounding at bucket edges); 0 on padding."""
+    m = mask.long()
+    t = m.cumsum(-1) - 1
+    length = m.sum(-1, keepdim=True).clamp(min=1)
+    return ((n_buckets * t) // length).clamp(0, n_buckets - 1) * m
+
+
+def erpo_advantages(adv: Tensor, mask: Tensor, entropy: Tensor, logp: Tensor, base_logp: Tensor, group_ids: Tensor,
+                    cfg: ERPOConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """The ERPO token advantage ``[B, T]`` (0 on padding) and its parts (``W``, ``s``, ``s_tilde``, ``psi``,
+    ``segment_size``), all detached. ``adv`` is the group advantage broadcast over each response."""
+    adv, entropy, logp, base_logp = (upcast(x.detach()) for x in (adv, entropy, logp, base_logp))
+    m = mask.to(adv.dtype)
+    _, g = torch.unique(group_ids, return_inverse=True)  # [B] groups renumbered 0..n_g-1
+    n_g = int(g.max()) + 1 if g.numel() else 1
+    gk = g[:, None].expand(mask.shape)
+    length = m.sum(-1, keepdim=True)  # [B, 1] |o_i|
+    a_row = (adv * m).sum(-1, keepdim=True) / length.clamp(min=1)  # [B, 1] the group advantage A_i
+    w = torch.sigmoid(cfg.gamma * segment_zscore(entropy, mask, gk, n_g, cfg.eps)[0]) * m if cfg.gate else m
+    if cfg.gate and cfg.gate_on_advantage:  # |o_i| W / sum_u W: mean 1 over the response, so sum_t A_t = |o_i| A_i
+        a_gate = length * w / (w * m).sum(-1, keepdim=True).clamp(min=torch.finfo(m.dtype).tiny) * a_row
+    else:
+        a_gate = a_row * m
+    s = cfg.beta_p * (logp - base_logp) * m
+    if cfg.progress_norm == "buckets":
+        keys = gk * cfg.n_buckets + relative_buckets(mask, cfg.n_buckets)
+        s_t, size = segment_zscore(s, mask, keys, n_g * cfg.n_buckets, cfg.eps, cfg.min_bucket_tokens)
+    elif cfg.progress_norm == "group":
+        s_t, size = segment_zscore(s, mask, gk, n_g, cfg.eps, cfg.min_bucket_tokens)
+    else:
+        s_t, size = s, m * cfg.min_bucket_tokens
+    gate_p = w if cfg.gate and cfg.gate_on_progress else m
+    psi = gate_p * torch.sign(a_row) * s_t  # sgn(0) = 0: no progress signal without an outcome contrast
+    out = (a_gate + cfg.eta * psi) * m if cfg.synthesis else a_gate
+    return out, {"W": w, "s": s, "s_tilde": s_t, "psi": psi, "segment_size": size}
+
+
+def _inputs(batch: RLBatch, stats: TokenStats, cfg: ERPOConfig):
+    """(source batch, rows of this batch in it or None, H, log pi, base log-probs) per ``cfg.stats_from``."""
+    if cfg.stats_from == "current":
+        src, rows, ent, lp = batch, None, stats.entropy.detach(), stats.logp.detach()
+    else:
+        src, rows = (batch, None) if batch.rollout is None else (batch.rollout, batch.rollout_rows)
+        if src.old_entropy is None or (batch.rollout is not None and rows is None):
+            raise ValueError("erpo: stats_from 'rollout' needs old_entropy (and rollout_rows with a rollout)")
+        ent, lp = src.old_entropy, src.old_logp
+    base = src.ref_logp if cfg.progress_ref == "ref" else src.old_logp
+    if base is None or src.group_ids is None:
+        raise ValueError("erpo: needs batch.group_ids, and batch.ref_logp for progress_ref 'ref'")
+    return src, rows, ent, lp, base
+
+
+@register_objective("erpo", ERPOConfig)
+def erpo(batch: RLBatch, stats: TokenStats, cfg: ERPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
+    """ERPO: the GRPO clipped surrogate with entropy-gated, progress-anchored token advantages.
+
+    Song Yu, Li Li et al. 2026, "ERPO: Token-Level Entropy-Regulated Policy Optimization for Large Reasoning Models",
+    https://arxiv.org/abs/2603.28204 (abstract only [P]; the equations [S] from a notes file and a re-implementation
+    citing Eq. 7-10): ``A_ERPO = |o_i| W / sum_u W * A_i + eta * W sgn(A_i) s~``, ``W = sigmoid(gamma z_G(H))``,
+    ``s = beta_p (log pi - log pi_ref)`` z-scored within (group, relative-position bucket). Defaults [S]:
+    gamma 5, K 10, eta 0.2, beta_p 0.1.
+    Deviation: H and log pi come from the rollout pass over whole groups, as mini-batches split groups
+    (``stats_from``) [I]; full-vocabulary H (the re-implementation: top-50 log-probs), z-scored per group [I].
+    Card: docs/objectives/erpo.md; methods.md §1, §9.
+
+    Args:
+        batch: old/ref log-probs, group advantages, mask, ``group_ids``, ``old_entropy``; ``rollout`` and
+            ``rollout_rows`` when the batch is part of a rollout batch.
+        stats: the current policy's token statistics (``logp`` carries the gradient).
+        cfg: ERPOConfig.
+        state: controller state (unused).
+    """
+    src, rows, ent, lp, base = _inputs(batch, stats, cfg)
+    a_full, parts = erpo_advantages(src.advantages, src.mask, ent, lp, base, src.group_ids, cfg)
+    local = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+    a_erpo = local(a_full).to(batch.advantages.dtype)
+    loss, metrics = clipped_pg_loss(dataclasses.replace(batch, advantages=a_erpo), stats, cfg, name="erpo")
+    m, lp_cur = batch.mask, upcast(stats.logp.detach())
+    metrics.update({
+        "stats/erpo_gate_mean": masked_mean(local(parts["W"]), m),
+        "stats/erpo_progress": masked_mean(local(parts["s"]), m),
+        "stats/erpo_progress_old": masked_mean(cfg.beta_p * (lp_cur - upcast(batch.old_logp)), m),
+        "stats/erpo_synthesis_abs": masked_mean(cfg.eta * local(parts["psi"]).abs(), m) * float(cfg.synthesis),
+        "stats/erpo_adv_abs": masked_mean(a_erpo.abs(), m),
+        "stats/erpo_sparse_frac": masked_mean((local(parts["segment_size"]) < cfg.min_bucket_tokens).float(), m),
+    })
+    if batch.ref_logp is not None:
+        metrics["stats/erpo_progress_ref"] = masked_mean(cfg.beta_p * (lp_cur - upcast(batch.ref_logp)), m)
+    return loss, {k: v.detach() for k, v in metrics.items()}
