@@ -284,13 +284,15 @@ def token_stats_flat(
 
 def token_stats(
     hidden: Tensor, weight: Tensor, ids: Tensor, mask: Tensor, temperature: float = 1.0,
-    bias: Tensor | None = None, **kwargs,
+    bias: Tensor | None = None, *, top_p: float = DEFAULT_TOP_P, top_k: int = DEFAULT_TOP_K,
+    chunk_size: int | None = None, vocab_chunk_size: int = DEFAULT_VOCAB_CHUNK_SIZE,
 ) -> TokenStats:
     """Statistics at the valid positions of ``mask [B, T]``; ``hidden [B, T, H]`` predicts ``ids [B, T]``. Only
-    the valid positions enter the fused pass; the results are scattered back to ``[B, T]`` (0 / False elsewhere).
-    ``kwargs`` go to :func:`token_stats_flat` (``top_p``, ``top_k``, ``chunk_size``, ``vocab_chunk_size``)."""
+    the valid positions enter the fused pass (:func:`token_stats_flat`, same keyword arguments); the results are
+    scattered back to ``[B, T]`` (0 / False elsewhere)."""
     sel = mask.bool()
-    flat = token_stats_flat(hidden[sel], weight, ids[sel], temperature, bias, **kwargs)
+    flat = token_stats_flat(hidden[sel], weight, ids[sel], temperature, bias, top_p=top_p, top_k=top_k,
+                            chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
     out = {}
     for f in fields(TokenStats):
         v = getattr(flat, f.name)

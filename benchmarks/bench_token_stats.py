@@ -1,0 +1,328 @@
+"""Forward + backward peak memory and time: the fused token statistics against the naive path, side by side.
+
+    .venv/bin/python benchmarks/bench_token_stats.py                      # the full CPU grid (tens of minutes)
+    .venv/bin/python benchmarks/bench_token_stats.py --n 256 --hidden 64  # a quick check
+    python benchmarks/bench_token_stats.py --device cuda --dtype bf16     # on a GPU: same CSV, own summary
+
+* naive: full logits ``h W^T`` in the compute dtype (fp32 upcast for bf16), ``log_softmax``, gather, explicit
+  entropy ``-(exp(logq) * logq).sum(-1)``, plain autograd;
+* fused: :func:`entropy_rl.token_stats.token_stats_flat` (also computes top-p entropy, top-2 gap and lse).
+
+Each (method, N, H, head) runs in a fresh process: inputs are built, a warm-up runs forward + backward on the first
+``--warmup-rows`` rows, the peak-RSS counter is reset (``/proc/self/clear_refs``), then one timed forward and one
+timed backward of ``(logp * c1).sum() + (entropy * c2).sum()`` run on all N rows. On the CPU the peak is the process's
+peak RSS (``VmHWM``), reported in full and above the baseline (``VmRSS`` after the inputs and the warm-up); on CUDA it
+is ``torch.cuda.max_memory_allocated``. A naive run whose predicted peak (from the smaller N already measured) exceeds
+``--max-gib`` or the memory available now is not run: its row is marked ``extrapolated`` with the linear prediction
+in N. Rows (machine, CPU, torch, git commit, date, config, load average, results) are appended to ``--csv``; a markdown
+summary of this invocation goes to ``--md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FIELDS = ["run_id", "date", "machine", "cpu", "device", "torch", "git_commit", "git_dirty", "threads", "method",
+          "status", "dtype", "n", "hidden", "vocab", "head", "chunk_size", "vocab_chunk_size", "peak_gib",
+          "baseline_gib", "peak_above_baseline_gib", "fwd_s", "bwd_s", "total_s", "cpu_s",
+          "loadavg_start", "loadavg_end", "note"]
+GIB = 2 ** 30
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker: one configuration, in a fresh process
+# ---------------------------------------------------------------------------------------------------------------
+def _proc_status(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024 / GIB
+    raise KeyError(key)
+
+
+def naive_stats(hidden, weight, ids, temperature):
+    import torch
+
+    cd = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    z = (hidden.to(cd) @ weight.to(cd).T) / temperature  # [N, V]
+    logq = torch.log_softmax(z, -1)
+    return logq.gather(-1, ids[:, None]).squeeze(-1), -(logq.exp() * logq).sum(-1)
+
+
+def worker(a) -> dict:
+    import torch
+
+    from entropy_rl.token_stats import token_stats_flat
+
+    torch.manual_seed(0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev, dtype = torch.device(a.device), {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
+    cuda = dev.type == "cuda"
+    weight = (torch.randn(a.vocab, a.hidden, device=dev) * 0.02).to(dtype).requires_grad_(a.head == "trainable")
+    hidden = torch.randn(a.n, a.hidden, device=dev).to(dtype).requires_grad_(True)
+    ids = torch.randint(0, a.vocab, (a.n,), device=dev)
+    c1, c2 = torch.randn(a.n, device=dev), torch.randn(a.n, device=dev)
+
+    def run(rows: slice):
+        h = hidden[rows].detach().requires_grad_(True)
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        sync()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        if a.method == "naive":
+            logp, ent = naive_stats(h, weight, ids[rows], a.temperature)
+        else:
+            st = token_stats_flat(h, weight, ids[rows], a.temperature, chunk_size=a.chunk_size,
+                                  vocab_chunk_size=a.vocab_chunk_size)
+            logp, ent = st.logp, st.entropy
+        loss = (logp.float() * c1[rows]).sum() + (ent.float() * c2[rows]).sum()
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2, cpu2 = time.perf_counter(), time.process_time()
+        weight.grad = None
+        return t1 - t0, t2 - t1, cpu2 - cpu0  # wall forward, wall backward, CPU seconds of all threads
+
+    run(slice(0, min(a.warmup_rows, a.n)))  # warm-up: thread pools, kernels, allocator
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / GIB
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        baseline = _proc_status("VmRSS")
+    fwd, bwd, cpu = run(slice(None))
+    peak = torch.cuda.max_memory_allocated() / GIB if cuda else _proc_status("VmHWM")
+    return dict(peak_gib=peak, baseline_gib=baseline, peak_above_baseline_gib=peak - baseline, fwd_s=fwd, bwd_s=bwd,
+                total_s=fwd + bwd, cpu_s=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
+                device=torch.cuda.get_device_name() if cuda else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver: the grid, each configuration in a fresh process, rows to CSV, a markdown summary
+# ---------------------------------------------------------------------------------------------------------------
+def _machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    git = lambda *c: subprocess.run(["git", *c], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa
+    return dict(machine=f"{platform.node()} ({os.cpu_count()} cpus, "
+                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB)",
+                cpu=cpu, git_commit=git("rev-parse", "--short", "HEAD"), git_dirty=bool(git("status", "--porcelain")))
+
+
+def _mem_available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024 / GIB
+    return float("inf")
+
+
+def _predict(rows: list[dict], method: str, hidden: int, head: str, n: int, key: str) -> float | None:
+    """Linear prediction in N of ``key`` from the measured rows of the same method, H and head."""
+    pts = sorted((r["n"], r[key]) for r in rows if r["status"] == "measured" and r["method"] == method
+                 and r["hidden"] == hidden and r["head"] == head)
+    if not pts:
+        return None
+    if len(pts) == 1:  # through the first point with the slope of a per-row constant above the baseline
+        (n0, y0), = pts
+        base = next(r["baseline_gib"] for r in rows if r["n"] == n0 and r["method"] == method and r["hidden"] == hidden
+                    and r["head"] == head) if key == "peak_gib" else 0.0
+        return base + (y0 - base) * n / n0
+    (n0, y0), (n1, y1) = pts[-2], pts[-1]
+    return y1 + (y1 - y0) / (n1 - n0) * (n - n1)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 8192])
+    p.add_argument("--hidden", type=int, nargs="+", default=[896, 1536])
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--head", nargs="+", default=["frozen", "trainable"], choices=["frozen", "trainable"],
+                   help="LM head frozen (LoRA: gradient to the hidden states only) or trainable (also to the weight)")
+    p.add_argument("--methods", nargs="+", default=["naive", "fused"], choices=["naive", "fused"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--chunk-size", type=int, default=None, help="fused: tokens per chunk (default: the library's)")
+    p.add_argument("--vocab-chunk-size", type=int, default=None, help="fused: vocabulary columns per tile")
+    p.add_argument("--warmup-rows", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--max-gib", type=float, default=20.0, help="do not start a run predicted to peak above this")
+    p.add_argument("--csv", type=Path, default=RESULTS / "token_stats.csv", help="rows of every device are appended here")
+    p.add_argument("--md", type=Path, default=None,
+                   help="summary of this invocation (default: results/token_stats.md, token_stats_cuda.md on CUDA)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.n, a.hidden, a.head = a.n[0], a.hidden[0], a.head[0]
+        print("RESULT " + json.dumps(worker(a)), flush=True)
+        return
+
+    from entropy_rl.token_stats import DEFAULT_VOCAB_CHUNK_SIZE, auto_chunk_size
+
+    a.vocab_chunk_size = a.vocab_chunk_size or DEFAULT_VOCAB_CHUNK_SIZE
+    a.chunk_size = a.chunk_size or auto_chunk_size(a.vocab, a.vocab_chunk_size)
+    csv_path = a.csv
+    a.md = a.md or RESULTS / ("token_stats_cuda.md" if a.device.startswith("cuda") else "token_stats.md")
+    info = _machine()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    rows: list[dict] = []
+    for head in a.head:
+        for hidden in a.hidden:
+            for n in sorted(a.n):
+                for method in a.methods:
+                    row = dict(run_id=run_id, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               **info, method=method, dtype=a.dtype, n=n, hidden=hidden, vocab=a.vocab, head=head,
+                               chunk_size=a.chunk_size if method == "fused" else "",
+                               vocab_chunk_size=a.vocab_chunk_size if method == "fused" else "",
+                               loadavg_start=round(os.getloadavg()[0], 2), note="")
+                    pred = _predict(rows, method, hidden, head, n, "peak_gib")
+                    avail = _mem_available_gib()
+                    if method == "naive" and not a.device.startswith("cuda") and pred is not None and \
+                            (pred > a.max_gib or pred + 1.0 > avail):
+                        row.update(status="extrapolated", peak_gib=pred, note=(
+                            f"not run: predicted peak {pred:.1f} GiB > limit {a.max_gib:g} GiB or available "
+                            f"{avail:.1f} GiB; peak and times extrapolated linearly in N from the measured rows"))
+                        for key in ("fwd_s", "bwd_s", "cpu_s"):
+                            row[key] = _predict(rows, method, hidden, head, n, key)
+                        row["total_s"] = row["fwd_s"] + row["bwd_s"]
+                        row.update(baseline_gib="", peak_above_baseline_gib="", torch=rows[-1]["torch"],
+                                   device=rows[-1]["device"], threads=rows[-1]["threads"])
+                    else:
+                        cmd = [sys.executable, __file__, "--worker", "--method", method, "--n", str(n), "--hidden",
+                               str(hidden), "--vocab", str(a.vocab), "--head", head, "--device", a.device,
+                               "--dtype", a.dtype, "--temperature", str(a.temperature), "--chunk-size",
+                               str(a.chunk_size), "--vocab-chunk-size", str(a.vocab_chunk_size), "--warmup-rows",
+                               str(a.warmup_rows), "--threads", str(a.threads)]
+                        out = subprocess.run(cmd, capture_output=True, text=True,
+                                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                        res = next((json.loads(ln[7:]) for ln in out.stdout.splitlines() if ln.startswith("RESULT ")),
+                                   None)
+                        if res is None:
+                            row.update(status="failed", note=(out.stderr.strip().splitlines() or ["?"])[-1][:200])
+                        else:
+                            row.update(status="measured", **res)
+                    row["loadavg_end"] = round(os.getloadavg()[0], 2)
+                    rows.append(row)
+                    print(_fmt(row), flush=True)
+    _write_csv(csv_path, rows)
+    a.md.parent.mkdir(parents=True, exist_ok=True)
+    a.md.write_text(summary(rows, csv_path, a))
+    print(f"rows appended to {csv_path}; summary in {a.md}")
+
+
+def _fmt(r: dict) -> str:
+    f = lambda k: f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, ""))  # noqa: E731
+    return (f"{r['method']:5s} {r['head']:9s} H={r['hidden']:5d} N={r['n']:5d} {r['status']:12s} "
+            f"peak {f('peak_gib')} GiB (base {f('baseline_gib')}), fwd {f('fwd_s')} s, bwd {f('bwd_s')} s, "
+            f"load {r['loadavg_start']}->{r['loadavg_end']} {r['note']}")
+
+
+def _write_csv(path: Path, rows: list[dict]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _num(r: dict | None, key: str) -> float | None:
+    return r[key] if r is not None and isinstance(r.get(key), float) else None
+
+
+def _ratio(x: float | None, y: float | None, fmt: str) -> str:
+    return format(x / y, fmt) if x is not None and y else "-"
+
+
+def summary(rows: list[dict], csv_path: Path, a) -> str:
+    r0 = next((r for r in rows if r["status"] == "measured"), rows[0])
+    where = csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path
+    lines = [
+        "# Fused token statistics: benchmark summary",
+        "",
+        f"Written by `benchmarks/bench_token_stats.py` (run `{r0['run_id']}`, {r0['date']}); all rows, with the "
+        f"columns not shown here, are in `{where}`.",
+        "",
+        f"- Machine: {r0['machine']}, {r0['cpu']}; device `{r0.get('device', a.device)}`; torch {r0.get('torch', '?')}, "
+        f"{r0.get('threads', '?')} threads; commit `{r0['git_commit']}`"
+        f"{' plus uncommitted changes' if r0['git_dirty'] else ''}.",
+        f"- Shapes: V = {a.vocab:,}, {a.dtype}, temperature {a.temperature:g}, no bias. Fused tiles: {a.chunk_size} "
+        f"tokens x {a.vocab_chunk_size} vocabulary columns. Head *frozen*: gradient to the hidden states only (LoRA); "
+        "*trainable*: to the LM-head weight too.",
+        "- Each configuration runs in a fresh process: a warm-up forward + backward on the first "
+        f"{a.warmup_rows} rows, then one timed forward and one timed backward of "
+        "`(logp * c1).sum() + (entropy * c2).sum()` on all N rows. The fused forward also computes the top-p "
+        "entropy, top-2 gap and lse; the naive one does not.",
+        "- Peak: peak RSS of the process during the timed run (VmHWM, reset just before it), *including* the baseline "
+        "(interpreter, torch, the weight and hidden states; the RSS just before the timed run, in the CSV); "
+        "`above base` is the difference. Memory ratio = naive peak / fused peak. Time ratio = fused / naive wall "
+        "seconds (forward + backward); `CPU` is the same ratio of CPU seconds (all threads).",
+        "- *extrapolated*: the naive run was not started because its predicted peak exceeded the memory limit "
+        f"({a.max_gib:g} GiB) or the memory available; its peak and times are a linear fit in N through the "
+        "measured naive rows of the same H and head, not measurements.",
+        "",
+        "| head | H | N | naive peak GiB (above base) | fused peak GiB (above base) | memory ratio | naive fwd + bwd s "
+        "| fused fwd + bwd s | time ratio (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    pick = lambda m, head, h, n: next((r for r in rows if (r["method"], r["head"], r["hidden"], r["n"])  # noqa: E731
+                                       == (m, head, h, n)), None)
+    targets = []
+    for head in a.head:
+        for hidden in a.hidden:
+            for n in sorted(a.n):
+                nv, fu = pick("naive", head, hidden, n), pick("fused", head, hidden, n)
+                if nv is None or fu is None:
+                    continue
+                tag = " *extrapolated*" if nv["status"] == "extrapolated" else ""
+
+                def peak(r):
+                    if _num(r, "peak_gib") is None:
+                        return r["status"]
+                    above = _num(r, "peak_above_baseline_gib")
+                    return f"{r['peak_gib']:.2f}" + (f" ({above:.2f})" if above is not None else "")
+
+                def secs(r):
+                    return f"{r['fwd_s']:.1f} + {r['bwd_s']:.1f}" if _num(r, "total_s") is not None else r["status"]
+
+                mem = _ratio(_num(nv, "peak_gib"), _num(fu, "peak_gib"), ".1f")
+                mem_x = mem + "x" if mem != "-" else mem
+                tim = _ratio(_num(fu, "total_s"), _num(nv, "total_s"), ".2f")
+                cpu = _ratio(_num(fu, "cpu_s"), _num(nv, "cpu_s"), ".2f")
+                lines.append(f"| {head} | {hidden} | {n:,} | {peak(nv)}{tag} | {peak(fu)} | {mem_x}{tag} | "
+                             f"{secs(nv)}{tag} | {secs(fu)} | {tim} ({cpu}){tag} |")
+                if n == max(a.n):
+                    targets.append((head, hidden, mem, tim, tag))
+    if targets:
+        lines += ["", f"Targets at N = {max(a.n):,} (memory ratio >= 10x, time ratio <= 1.10):", ""]
+        for head, hidden, mem, tim, tag in targets:
+            ok = lambda v, good: "-" if v == "-" else ("met" if good(float(v)) else "missed")  # noqa: E731
+            lines.append(f"- {head} head, H = {hidden}: memory {mem}{'x' if mem != '-' else ''} ({ok(mem, lambda x: x >= 10)}), time "
+                         f"{tim} ({ok(tim, lambda x: x <= 1.10)}){' -- against an extrapolated naive run' if tag else ''}.")
+    loads = [r["loadavg_start"] for r in rows] + [r["loadavg_end"] for r in rows]
+    lines += [
+        "",
+        f"The 1-minute load average ranged {min(loads):.1f}-{max(loads):.1f} during the run on {os.cpu_count()} "
+        "cpus: other processes shared the machine, so wall times are noisy. The naive and fused rows of one "
+        "configuration ran back to back; compare those, and the CPU-seconds ratio.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
