@@ -108,3 +108,22 @@ def test_failing_notebook_leaves_no_output(tmp_path, monkeypatch):
         run(ROOT / "notebooks" / "00_data.ipynb", "runs/tiny/00_data.ipynb", {"profile": "tiny", "out_dir": "runs/tiny/data"})
     assert not (tmp_path / "runs/tiny/00_data.ipynb").exists() and not (tmp_path / "runs/tiny/data").exists()
     assert (tmp_path / "runs/tiny/00_data.failed.ipynb").exists()
+
+
+def test_scrub_joins_streams_split_by_timing(tmp_path):
+    from entropy_rl.notebooks import scrub
+
+    def executed(outputs):
+        return {"cells": [{"cell_type": "code", "source": "print(1)", "metadata": {}, "execution_count": 1,
+                           "outputs": outputs}], "metadata": {"papermill": {"start_time": "x"}},
+                "nbformat": 4, "nbformat_minor": 4}
+
+    a, b = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    a.write_text(json.dumps(executed([{"output_type": "stream", "name": "stdout", "text": ["x 1\n", "y 2\n"]}])))
+    b.write_text(json.dumps(executed([
+        {"output_type": "stream", "name": "stdout", "text": ["x 1"]},
+        {"output_type": "stream", "name": "stderr", "text": ["warning at /some/path\n"]},
+        {"output_type": "stream", "name": "stdout", "text": ["\n", "y 2\n"]},
+    ])))
+    assert scrub(a) == [] and scrub(b) == ["warning at /some/path\n"]
+    assert a.read_bytes() == b.read_bytes()

@@ -81,7 +81,8 @@ def strip(path: str | Path) -> bool:
 
 def scrub(path: str | Path) -> list[str]:
     """Make an executed notebook reproducible: drop papermill's and Jupyter's timing metadata, number the cell
-    ids, and take out ``stderr`` streams (warnings that carry machine paths, progress remnants with rates).
+    ids, join consecutive stream outputs (their split into messages depends on timing), and take out ``stderr``
+    streams (warnings that carry machine paths, progress remnants with rates).
 
     Returns the removed stderr texts, so that the caller can show them in the terminal instead."""
     path = Path(path)
@@ -97,12 +98,19 @@ def scrub(path: str | Path) -> list[str]:
         for k in _TIMING_KEYS:
             md.get("papermill", {}).pop(k, None)
         if cell.get("cell_type") == "code":
-            keep = []
+            keep: list[dict] = []
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "stream" and out.get("name") == "stderr":
                     removed.append("".join(out.get("text", "")))
+                elif (out.get("output_type") == "stream" and keep and keep[-1].get("output_type") == "stream"
+                      and keep[-1].get("name") == out.get("name")):
+                    # the kernel splits a stream into messages by timing: join them, so the bytes do not vary
+                    keep[-1]["text"] = "".join(keep[-1]["text"]) + "".join(out.get("text", ""))
                 else:
                     keep.append(out)
+            for out in keep:
+                if out.get("output_type") == "stream":
+                    out["text"] = "".join(out["text"]).splitlines(keepends=True)
             cell["outputs"] = keep
     write_text(path, json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return removed
