@@ -36,3 +36,13 @@ def small_model_cfg():
     from entropy_rl.config import LoraConfig, ModelConfig
 
     return ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, lora=LoraConfig(r=4, alpha=8))
+
+
+def run_objective(name, logp, old, adv, mask, entropy=None, state=None, scope=None, **cfg):
+    """Call registered objective ``name`` on hand-built tensors with its config built from ``cfg``."""
+    from entropy_rl.objectives import RLBatch, get_objective, make_objective_config
+    from entropy_rl.token_stats import TokenStats
+
+    stats = TokenStats(logp=logp, entropy=torch.zeros_like(logp) if entropy is None else entropy)
+    batch = RLBatch(old_logp=old, advantages=adv, mask=mask, scope=scope)
+    return get_objective(name)(batch, stats, make_objective_config(name, cfg), state or {})

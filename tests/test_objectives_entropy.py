@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from conftest import run_objective
+
 from entropy_rl.config import ConfigError
 from entropy_rl.controllers import adaptive_coef_applied, adaptive_coef_init, adaptive_coef_update
 from entropy_rl.objectives import (RLBatch, StatScope, agg_denominator, get_objective, init_controller_state,
@@ -13,10 +15,7 @@ from entropy_rl.objectives.entropy import high_entropy_mask
 from entropy_rl.token_stats import TokenStats
 
 
-def run_obj(name, logp, old, adv, mask, entropy=None, state=None, scope=None, **cfg):
-    stats = TokenStats(logp=logp, entropy=torch.zeros_like(logp) if entropy is None else entropy)
-    batch = RLBatch(old_logp=old, advantages=adv, mask=mask, scope=scope)
-    return get_objective(name)(batch, stats, make_objective_config(name, cfg), state or {})
+run_obj = run_objective  # the shared helper in conftest.py
 
 
 def case(seed=0, B=4, T=6, dtype=torch.float64):

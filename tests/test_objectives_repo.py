@@ -5,19 +5,18 @@ import math
 import pytest
 import torch
 
+from conftest import run_objective
+
 from entropy_rl.config import ConfigError
 from entropy_rl.controllers import clip_high_update, zeta_update
-from entropy_rl.objectives import (RLBatch, get_objective, init_controller_state, make_objective_config,
+from entropy_rl.objectives import (init_controller_state, make_objective_config,
                                    update_controller_state)
 from entropy_rl.objectives.repo import repo_advantage
 from entropy_rl.token_stats import TokenStats
 from entropy_rl.train import logprob_precision
 
 
-def run_obj(name, logp, old, adv, mask, entropy=None, state=None, **cfg):
-    stats = TokenStats(logp=logp, entropy=torch.zeros_like(logp) if entropy is None else entropy)
-    batch = RLBatch(old_logp=old, advantages=adv, mask=mask)
-    return get_objective(name)(batch, stats, make_objective_config(name, cfg), state or {})
+run_obj = run_objective  # the shared helper in conftest.py
 
 
 def case(seed=0, B=4, T=6, dtype=torch.float64):
