@@ -14,7 +14,9 @@ export PYTHONHASHSEED := 0
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# The stamp's name carries a checksum of pyproject.toml and constraints.txt, so it needs no prerequisites (file
+# times would make a fresh clone reinstall a shared venv, e.g. `make repro VENV=...` in the end-to-end test).
+$(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in the same command: an unpinned torch resolves a multi-GB CUDA build.

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from entropy_rl.config import ConfigError, load_profile, objective_settings, read_params
+from entropy_rl.config import ConfigError, load_profile, objective_settings, read_params, resolve_objective
 from entropy_rl.objectives import OBJECTIVES, make_objective_config
 
 from conftest import ROOT
@@ -17,7 +17,7 @@ def test_repository_params_load():
     prof = load_profile(ROOT / "params.yaml", "tiny")
     assert prof.rl.group_size >= 2 and prof.model.source == "tiny"
     for name in read_params(ROOT / "params.yaml")["objectives"]:
-        make_objective_config(name, objective_settings(ROOT / "params.yaml", name))
+        make_objective_config(*resolve_objective(ROOT / "params.yaml", name))
 
 
 def test_every_registered_objective_has_params_preset_and_card():
@@ -29,12 +29,51 @@ def test_every_registered_objective_has_params_preset_and_card():
 
 def test_every_rl_run_names_a_profile_and_objective():
     params = read_params(ROOT / "params.yaml")
-    for runs, profiles in (("rl_runs", params["profiles"]), ("more_rl_runs", params["more_profiles"])):
-        for key, run in (params.get(runs) or {}).items():
-            assert run["profile"] in profiles, key
-            assert run["objective"] in OBJECTIVES, key
-            assert key == f"{run['profile']}-{run['objective']}-s{run['seed']}"
+    for runs, prefix in (("rl_runs", "{profile}"), ("study_runs", "tiny-seeds")):
+        assert params.get(runs), runs
+        for key, run in params[runs].items():
+            assert run["profile"] in params["profiles"], key
+            method, settings = resolve_objective(ROOT / "params.yaml", run["objective"])
+            assert method in OBJECTIVES, key
+            make_objective_config(method, settings)
+            assert key == f"{prefix.format(**run)}-{run['objective']}-s{run['seed']}"
             load_profile(ROOT / "params.yaml", run["profile"])
+
+
+def test_study_reuses_default_seed0_and_covers_three_seeds():
+    params = read_params(ROOT / "params.yaml")
+    default = {(r["objective"], r["seed"]) for r in params["rl_runs"].values()}
+    study = {(r["objective"], r["seed"]) for r in params["study_runs"].values()}
+    assert not default & study  # the study adds seeds, it never reruns one
+    for obj in {o for o, _ in default | study}:
+        assert {s for o, s in default | study if o == obj} == {0, 1, 2}, obj
+
+
+def test_objective_variants_extend_and_override(tmp_path):
+    p = write(tmp_path, {"objectives": {"paec": {"rho": 0.8, "penalty": True},
+                                        "paec-a": {"extends": "paec", "penalty": False},
+                                        "paec-b": {"extends": "paec-a", "rho": 0.5}}})
+    assert resolve_objective(p, "paec-b") == ("paec", {"rho": 0.5, "penalty": False})
+    assert objective_settings(p, "paec-a") == {"rho": 0.8, "penalty": False}
+    assert resolve_objective(p, "paec") == ("paec", {"rho": 0.8, "penalty": True})
+    p = write(tmp_path, {"objectives": {"x": {"extends": "paek"}}})
+    with pytest.raises(ConfigError, match="unknown objective 'paek' in objectives.x.extends; objectives with"):
+        resolve_objective(p, "x")
+    p = write(tmp_path, {"objectives": {"x": {"extends": "y"}, "y": {"extends": "x"}}})
+    with pytest.raises(ConfigError, match="cycle x -> y -> x"):
+        resolve_objective(p, "x")
+
+
+def test_repository_variants_change_only_what_they_name():
+    params = read_params(ROOT / "params.yaml")
+    for name, entry in params["objectives"].items():
+        if "extends" not in (entry or {}):
+            continue
+        method, settings = resolve_objective(ROOT / "params.yaml", name)
+        base = objective_settings(ROOT / "params.yaml", entry["extends"])
+        changed = {k for k in settings if settings[k] != base.get(k)}
+        assert changed == set(entry) - {"extends"}, name
+        make_objective_config(method, settings)
 
 
 @pytest.mark.parametrize(

@@ -351,7 +351,7 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(f) or {}
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "more_rl_runs"}
+    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "study_runs"}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}")
@@ -395,11 +395,31 @@ def load_profile(path: str | Path = "params.yaml", name: str = "tiny", overrides
     return from_dict(Profile, {**raw, "name": name}, f"profiles.{name}")
 
 
-def objective_settings(path: str | Path, objective: str) -> dict:
-    """The raw settings of ``objectives.<objective>`` in params.yaml (validated by the objective's own config)."""
+def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
+    """``(method, settings)`` of ``objectives.<objective>`` in params.yaml.
+
+    An entry is either a registry objective's settings, or a *variant* (an ablation, another precision) that
+    ``extends`` another entry and overrides some of its keys: ``paec-no_penalty: {extends: paec, penalty: false}``.
+    ``method`` is the registry name at the root of the chain; the settings are validated by its own config."""
     objectives = read_params(path).get("objectives") or {}
-    if objective not in objectives:
-        raise ConfigError(
-            f"unknown objective '{objective}' in params.yaml; objectives with settings: {', '.join(sorted(objectives))}"
-        )
-    return dict(objectives[objective] or {})
+    chain: list[str] = []
+    name, merged = objective, {}
+    while True:
+        if name not in objectives:
+            where = f"objectives.{chain[-1]}.extends" if chain else "params.yaml"
+            raise ConfigError(f"unknown objective '{name}' in {where}; objectives with settings: "
+                              f"{', '.join(sorted(objectives))}")
+        if name in chain:
+            raise ConfigError(f"objectives.{objective}.extends: cycle {' -> '.join(chain + [name])}")
+        chain.append(name)
+        entry = dict(objectives[name] or {})
+        base = entry.pop("extends", None)
+        merged = {**entry, **merged}
+        if base is None:
+            return name, merged
+        name = base
+
+
+def objective_settings(path: str | Path, objective: str) -> dict:
+    """The settings of ``objectives.<objective>``, with the keys of any entry it ``extends`` filled in."""
+    return resolve_objective(path, objective)[1]

@@ -1,6 +1,7 @@
 """Gather a profile's runs for figures and tables.
 
-Layout read (written by the notebooks): ``<runs_dir>/sft/eval/metrics.json`` and, for each RL run,
+Layout read (written by the notebooks): ``<runs_dir>/sft/eval/metrics.json`` and, for each RL run (the
+objective may be a variant name such as ``paec-no_mask``),
 ``<runs_dir>/<objective>-s<seed>/train/{curves,heldout}.csv`` and ``.../eval/metrics.json``.
 
 :func:`maj_table` lays the maj@k results out as the PAEC paper does (methods as rows, benchmarks as columns,
@@ -43,23 +44,30 @@ class Runs:
         return out
 
 
-def collect(runs_dir: str | Path) -> Runs:
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such runs directory (run the pipeline first)")
+def collect(runs_dir: str | Path | list) -> Runs:
+    """Every run under ``runs_dir``; a list of directories merges them (the seeds study adds its runs to the
+    default pipeline's seed 0). The SFT baseline is the first directory's that has one; a run name found in two
+    directories is an error."""
+    dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such runs directory (run the pipeline first)")
     steps, heldout, metrics = [], [], {}
-    sft_metrics = runs_dir / "sft" / "eval" / "metrics.json"
-    if sft_metrics.exists():
-        metrics["sft"] = read_json(sft_metrics)
-    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and _RUN.match(p.name)):
-        tags = {"run": d.name, **_RUN.match(d.name).groupdict()}
-        if (d / "train" / "curves.csv").exists():
-            steps.append(pd.read_csv(d / "train" / "curves.csv").assign(**tags))
-            heldout.append(pd.read_csv(d / "train" / "heldout.csv").assign(**tags))
-        if (d / "eval" / "metrics.json").exists():
-            metrics[d.name] = read_json(d / "eval" / "metrics.json")
+    for runs_dir in dirs:
+        sft_metrics = runs_dir / "sft" / "eval" / "metrics.json"
+        if sft_metrics.exists() and "sft" not in metrics:
+            metrics["sft"] = read_json(sft_metrics)
+        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and _RUN.match(p.name)):
+            if d.name in metrics or any(d.name == s["run"].iloc[0] for s in steps):
+                raise ValueError(f"run {d.name} found twice (again in {runs_dir}); run names must be unique")
+            tags = {"run": d.name, **_RUN.match(d.name).groupdict()}
+            if (d / "train" / "curves.csv").exists():
+                steps.append(pd.read_csv(d / "train" / "curves.csv").assign(**tags))
+                heldout.append(pd.read_csv(d / "train" / "heldout.csv").assign(**tags))
+            if (d / "eval" / "metrics.json").exists():
+                metrics[d.name] = read_json(d / "eval" / "metrics.json")
     if not metrics:
-        raise FileNotFoundError(f"{runs_dir}: no evaluation metrics found")
+        raise FileNotFoundError(f"{', '.join(map(str, dirs))}: no evaluation metrics found")
     cat = lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame()  # noqa: E731
     return Runs(steps=cat(steps), heldout=cat(heldout), eval_metrics=metrics)
 
