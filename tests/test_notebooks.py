@@ -65,9 +65,21 @@ def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
                                               "adapter_dir": f"{r}/grpo-s0/train/adapter", "out_dir": f"{r}/grpo-s0/eval"})
     run(nb("30_eval"), f"{r}/30_eval-sft.ipynb", {"profile": "smoke", "data_dir": f"{r}/data",
                                                   "base_dir": f"{r}/sft/model", "out_dir": f"{r}/sft/eval"})
+    # a variant (params.yaml `extends`) runs through the same notebook under its own name
+    run(nb("20_rl"), f"{r}/20_rl-paec.ipynb", {"profile": "smoke", "objective": "paec-no_mask", "seed": 0,
+                                               "data_dir": f"{r}/data", "sft_dir": f"{r}/sft/model",
+                                               "out_dir": f"{r}/paec-no_mask-s0/train"})
     run(nb("40_figures"), "reports/smoke/40_figures.ipynb", {"profile": "smoke", "runs_dir": r, "out_dir": "reports/smoke"})
 
     run_dir = tmp_path / r
+    variant = read_json(run_dir / "paec-no_mask-s0" / "train" / "config.json")
+    assert (variant["objective"], variant["method"]) == ("paec-no_mask", "paec")
+    assert variant["objective_cfg"]["position_mask"] is False and variant["objective_cfg"]["rho"] == 0.8
+    summary = read_json(tmp_path / "reports/smoke/summary.json")
+    assert {r["objective"] for r in summary["objectives"]} == {"grpo"}  # the variant has curves, no evaluation
+    for name, n_images in (("20_rl.ipynb", 1), ("../../reports/smoke/40_figures.ipynb", 2)):
+        cells = json.loads((run_dir / name).read_text())["cells"]
+        assert sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])) >= n_images, name
     assert len(read_jsonl(run_dir / "data" / "eval.jsonl")) == 12
     sft = read_json(run_dir / "sft" / "metrics.json")
     assert 0 <= sft["pass@1"] <= 1 and math.isfinite(sft["final_loss"]) and sft["params"] > 0

@@ -1,6 +1,7 @@
 """Figures (seaborn) from the per-step logs and the evaluation metrics. Every figure is saved atomically."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,7 @@ CURVE_PANELS = [
 
 
 def save(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (PNG without a software stamp, so a rerun is byte-identical) and close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight",
@@ -34,14 +36,28 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run", panels=CURVE_PANELS):
+def show(fig_or_path):
+    """The inline image of a notebook cell: a saved PNG, or a figure rendered to PNG (then closed). This module
+    draws with the Agg backend, so figures appear in the executed notebooks through this, with stable bytes."""
+    from IPython.display import Image
+
+    if isinstance(fig_or_path, (str, Path)):
+        return Image(filename=str(fig_or_path))
+    buf = io.BytesIO()
+    fig_or_path.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig_or_path)
+    return Image(data=buf.getvalue())
+
+
+def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run", panels=CURVE_PANELS,
+                    title: str | None = None):
     """One panel per metric, one line per ``hue`` value (mean ± 1 sd where several runs share it, e.g. seeds).
 
     Colours are fixed per ``hue`` value across panels; panels whose metric no run logs are left out."""
     sns.set_theme(style="whitegrid", context="notebook")
     panels = [(k, lbl) for k, lbl in panels if k in (heldout if k.startswith("heldout/") else steps)]
     order = sorted(set(steps.get(hue, pd.Series(dtype=str))) | set(heldout.get(hue, pd.Series(dtype=str))))
-    palette = dict(zip(order, sns.color_palette("tab10", max(len(order), 1))))
+    palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "tab20", max(len(order), 1))))
     cols = 3
     rows = max(1, (len(panels) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
@@ -56,7 +72,46 @@ def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run"
     handles = [plt.Line2D([], [], color=palette[h], label=h) for h in order]
     fig.legend(handles=handles, title=hue, loc="upper center", ncol=min(len(order), 5), bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 0.93 if len(order) <= 5 else 0.88))
+    if title:
+        fig.suptitle(title, y=1.04 if len(order) <= 5 else 1.07)
     return fig
+
+
+def final_metrics(per_run: pd.DataFrame, metrics, order, title: str | None = None):
+    """One panel per metric: a bar per objective (mean over seeds, ± 1 sd) with each seed as a dot."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 1.1 * len(order) * len(metrics), 3.8), squeeze=False)
+    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    for ax, key in zip(axes.flat, metrics):
+        sns.barplot(data=per_run, x="objective", y=key, hue="objective", order=order, hue_order=order,
+                    palette=palette, errorbar=("sd", 1), alpha=0.6, ax=ax, legend=False)
+        sns.stripplot(data=per_run, x="objective", y=key, order=order, color="0.15", size=4, ax=ax)
+        ax.set_title(key)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=30)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def claim_figure(runs, name: str):
+    """The figure of claim ``name`` in :data:`report.CLAIM_FIGURES` for the objectives ``runs`` has, or None when
+    fewer than two of them ran."""
+    from .report import CLAIM_FIGURES, run_table
+
+    title, objectives, kind, panels = CLAIM_FIGURES[name]
+    have = set(runs.steps.get("objective", pd.Series(dtype=str)))
+    order = [o for o in objectives if o in have]
+    if len(order) < 2:
+        return None
+    if kind == "bars":
+        per_run = run_table(runs)
+        return final_metrics(per_run[per_run["objective"].isin(order)], panels, order, title)
+    pick = lambda df: df[df["objective"].isin(order)]  # noqa: E731
+    return training_curves(pick(runs.steps), pick(runs.heldout), hue="objective",
+                           panels=[(k, dict(CURVE_PANELS).get(k, k)) for k in panels], title=title)
 
 
 def _pass_rows(name: str, m: dict, panel: str) -> list[dict]:

@@ -124,65 +124,150 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
-    """``<path>.md`` and ``<path>.csv``, written atomically."""
+def write_table(df: pd.DataFrame, path: str | Path, floatfmt: str = ".1f") -> tuple[Path, Path]:
+    """``<path>.md`` (floats as ``floatfmt``) and ``<path>.csv`` (4 decimals), written atomically."""
     path = Path(path)
     md, csv = path.with_suffix(".md"), path.with_suffix(".csv")
-    write_text(md, to_markdown(df))
+    write_text(md, to_markdown(df, floatfmt))
     write_text(csv, df.to_csv(float_format="%.4f"))
     return md, csv
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Objectives compared: mean and spread over seeds, and the entropy claims of the papers
+# Objectives compared: mean and spread over seeds, and the papers' claims
 # ----------------------------------------------------------------------------------------------------------
 COMPARE_KEYS = ("pass@1", "pass@8", "maj@8", "mean_token_entropy", "mean_length")
 # The papers' qualitative claim at a glance: against GRPO these keep the token entropy higher.
 ENTROPY_PRESERVING = ("entropy_bonus", "dapo", "high_entropy_mask", "clip_cov", "kl_cov", "cov_annealed")
 
 
-def training_entropy(steps: pd.DataFrame, last_frac: float = 0.5) -> pd.Series:
-    """Mean token entropy (``stats/entropy``) over the last ``last_frac`` of each run's steps, by run."""
+def training_entropy(steps: pd.DataFrame, last_frac: float = 0.5) -> pd.DataFrame:
+    """Per run: the token entropy (``stats/entropy``) of the first step, its mean over the last ``last_frac`` of
+    the steps, and the relative change between the two."""
     out = {}
     for run, df in steps.groupby("run"):
         df = df.sort_values("step")
-        out[run] = float(df["stats/entropy"].iloc[int(len(df) * (1 - last_frac)):].mean())
-    return pd.Series(out, name="train_entropy_late")
+        first = float(df["stats/entropy"].iloc[0])
+        late = float(df["stats/entropy"].iloc[int(len(df) * (1 - last_frac)):].mean())
+        out[run] = {"train_entropy_first": first, "train_entropy_late": late, "entropy_change": late / first - 1}
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+ENTROPY_KEYS = ("train_entropy_late", "entropy_change")
+
+
+def run_table(runs: Runs) -> pd.DataFrame:
+    """One row per RL run (``model`` = ``<objective>-s<seed>``): final metrics and training entropy."""
+    ent = training_entropy(runs.steps) if not runs.steps.empty else pd.DataFrame(columns=list(ENTROPY_KEYS))
+    rows = []
+    for model, m in runs.eval_metrics.items():
+        match = _RUN.match(model)
+        if not match:
+            continue
+        row = {"model": model, "objective": match["objective"], "seed": int(match["seed"]),
+               **{k: m.get(k) for k in COMPARE_KEYS}}
+        row.update({k: (float(ent.loc[model, k]) if model in ent.index else float("nan")) for k in ENTROPY_KEYS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "objective", "seed", *COMPARE_KEYS, *ENTROPY_KEYS])
 
 
 def objective_table(runs: Runs) -> pd.DataFrame:
-    """One row per objective: mean and std over seeds of the final metrics and the late training entropy."""
-    rows = []
-    late = training_entropy(runs.steps) if not runs.steps.empty else pd.Series(dtype=float)
-    for model, m in runs.eval_metrics.items():
-        row = {"objective": method_of(model), **{k: m.get(k) for k in COMPARE_KEYS}}
-        row["train_entropy_late"] = late.get(model, float("nan"))
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    stats = df.groupby("objective").agg(["mean", "std", "count"])
+    """One row per objective (or variant): mean and sd over seeds of :func:`run_table`'s columns; ``seeds``
+    counts the runs."""
+    df = run_table(runs).drop(columns=["model", "seed"])
+    stats = df.astype({k: float for k in (*COMPARE_KEYS, *ENTROPY_KEYS)}).groupby("objective").agg(
+        ["mean", "std", "count"])
     out = pd.DataFrame(index=stats.index)
-    for k in (*COMPARE_KEYS, "train_entropy_late"):
+    for k in (*COMPARE_KEYS, *ENTROPY_KEYS):
         out[k] = stats[(k, "mean")]
         out[f"{k} sd"] = stats[(k, "std")].fillna(0.0)
     out["seeds"] = stats[(COMPARE_KEYS[0], "count")].astype(int)
     return out
 
 
-def entropy_claims(table: pd.DataFrame, baseline: str = "grpo", claimed=ENTROPY_PRESERVING) -> list[dict]:
-    """Does each objective keep the late training entropy above ``baseline``'s? With several seeds the claim
-    holds only if the means differ by more than the two standard deviations added; with one seed it is a
-    single-run comparison and says so."""
-    if baseline not in table.index:
-        return []
-    b, b_sd = table.loc[baseline, "train_entropy_late"], table.loc[baseline, "train_entropy_late sd"]
+@dataclass(frozen=True)
+class Claim:
+    """A paper's qualitative claim, as a comparison of two rows of :func:`objective_table`."""
+
+    figure: str
+    """the claim figure that shows it (:data:`CLAIM_FIGURES`)"""
+    method: str
+    baseline: str
+    metric: str
+    """a column of :func:`objective_table`"""
+    direction: str
+    """``higher`` or ``lower``: what the paper says ``method`` does to ``metric`` against ``baseline``"""
+    text: str
+
+
+CLAIM_FIGURES = {
+    # name: (title, objectives shown, kind, panels: step-log keys for "curves", table columns for "bars")
+    "entropy": ("GRPO's entropy falls; bonus, clip-higher, 80/20, Clip-Cov and KL-Cov keep it higher (methods.md §4, §5)",
+                ("grpo", *ENTROPY_PRESERVING), "curves", ("stats/entropy", "heldout/pass@1", "stats/response_length")),
+    "erpo": ("ERPO against GRPO: accuracy and response length (methods.md §1(d))",
+             ("grpo", "erpo"), "curves", ("heldout/pass@1", "stats/response_length", "stats/entropy")),
+    "repo_adapo": ("REPO-R and ADAPO keep entropy up where GRPO lets it fall (methods.md §2(d))",
+                   ("grpo", "dapo", "repo_r", "adapo"), "curves", ("stats/entropy", "heldout/pass@1", "stats/clip_frac")),
+    "paec": ("PAEC: maj@k against GRPO and without its penalty or its mask (methods.md §3(d))",
+             ("grpo", "paec", "paec-no_penalty", "paec-no_mask"), "bars", ("maj@8", "pass@1", "train_entropy_late")),
+    "bf16": ("Log-probs and ratio in bf16 against fp32, on DAPO (ADAPO paper, methods.md §2(f))",
+             ("dapo", "dapo-bf16"), "curves", ("stats/entropy", "stats/clip_frac", "heldout/pass@1")),
+}
+
+CLAIMS = (
+    *(Claim("entropy", m, "grpo", "train_entropy_late", "higher", f"{m} keeps the late token entropy above GRPO's")
+      for m in ENTROPY_PRESERVING),
+    Claim("erpo", "erpo", "grpo", "pass@1", "higher", "ERPO's accuracy is above GRPO's"),
+    Claim("erpo", "erpo", "grpo", "mean_length", "lower", "ERPO's responses are shorter than GRPO's"),
+    Claim("erpo", "erpo", "grpo", "train_entropy_late", "higher", "ERPO's entropy does not collapse like GRPO's"),
+    Claim("repo_adapo", "repo_r", "grpo", "train_entropy_late", "higher", "REPO-R keeps entropy above GRPO's"),
+    Claim("repo_adapo", "adapo", "grpo", "train_entropy_late", "higher", "ADAPO keeps entropy above GRPO's"),
+    Claim("repo_adapo", "adapo", "dapo", "entropy_change", "lower",
+          "ADAPO's entropy grows less than DAPO's (paper: +102 % against +298 %)"),
+    Claim("paec", "paec", "grpo", "maj@8", "higher", "PAEC's maj@k is above GRPO's (paper: 41.6 against 35.5)"),
+    Claim("paec", "paec", "paec-no_penalty", "maj@8", "higher", "removing the floor penalty lowers maj@k (38.8)"),
+    Claim("paec", "paec", "paec-no_mask", "maj@8", "higher", "removing the position mask lowers maj@k (38.3)"),
+    Claim("bf16", "dapo-bf16", "dapo", "train_entropy_late", "lower", "a bf16 ratio biases toward entropy collapse"),
+)
+
+
+def verdict(diff: float, spread: float, seeds: int) -> str:
+    """``diff`` = (method - baseline) signed so that > 0 is the claimed direction; ``spread`` = the two runs'
+    standard deviations added. One seed gives no verdict, only the sign."""
+    if seeds < 2:
+        return f"1 seed, no verdict ({'as claimed' if diff > 0 else 'against the claim'})"
+    if diff > spread:
+        return "holds"
+    if diff < -spread:
+        return "reversed"
+    return "within seed spread" if diff > 0 else "not reproduced (within seed spread)"
+
+
+def claim_verdicts(table: pd.DataFrame, claims=CLAIMS) -> list[dict]:
+    """One row per claim whose two objectives are in ``table``: both values, their seed sds, the verdict."""
     out = []
-    for obj in claimed:
-        if obj not in table.index:
+    for c in claims:
+        if c.method not in table.index or c.baseline not in table.index:
             continue
-        v, sd = table.loc[obj, "train_entropy_late"], table.loc[obj, "train_entropy_late sd"]
-        seeds = int(min(table.loc[obj, "seeds"], table.loc[baseline, "seeds"]))
-        margin = (sd + b_sd) if seeds > 1 else 0.0
-        verdict = "holds" if v - b > margin else ("not reproduced" if v <= b else "within seed spread")
-        out.append({"objective": obj, "entropy": float(v), f"{baseline}_entropy": float(b), "ratio": float(v / b),
-                    "seeds": seeds, "verdict": verdict + ("" if seeds > 1 else " (1 seed)")})
+        v, b = float(table.loc[c.method, c.metric]), float(table.loc[c.baseline, c.metric])
+        sd = float(table.loc[c.method, f"{c.metric} sd"]) + float(table.loc[c.baseline, f"{c.metric} sd"])
+        seeds = int(min(table.loc[c.method, "seeds"], table.loc[c.baseline, "seeds"]))
+        diff = (v - b) if c.direction == "higher" else (b - v)
+        out.append({"figure": c.figure, "claim": c.text, "metric": c.metric, "method": c.method, "value": v,
+                    "baseline": c.baseline, "baseline_value": b, "sd_sum": sd, "seeds": seeds,
+                    "verdict": verdict(diff, sd, seeds)})
     return out
+
+
+CLAIM_COLUMNS = ("claim", "figure", "metric", "method", "value", "baseline", "baseline_value", "sd_sum", "seeds",
+                 "verdict")
+
+
+def claim_table(table: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    """:func:`claim_verdicts` as a table indexed by the claim (empty, with its columns, when none applies)."""
+    return pd.DataFrame(claim_verdicts(table, claims), columns=list(CLAIM_COLUMNS)).set_index("claim")
+
+
+def entropy_claims(table: pd.DataFrame) -> list[dict]:
+    """The entropy claims of issue-4 methods against GRPO (a subset of :func:`claim_verdicts`)."""
+    return claim_verdicts(table, [c for c in CLAIMS if c.figure == "entropy"])
