@@ -1,8 +1,11 @@
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+
+from entropy_rl.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ENTROPY_RL_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -46,3 +49,18 @@ def run_objective(name, logp, old, adv, mask, entropy=None, state=None, scope=No
     stats = TokenStats(logp=logp, entropy=torch.zeros_like(logp) if entropy is None else entropy)
     batch = RLBatch(old_logp=old, advantages=adv, mask=mask, scope=scope)
     return get_objective(name)(batch, stats, make_objective_config(name, cfg), state or {})
+
+
+def fake_run(root, name, entropy, metrics, steps=4):
+    """A run directory as the notebooks write it (curves, held-out points, eval metrics); entropy moves linearly
+    from entropy[0] to entropy[1]."""
+    d = root / name
+    (d / "train").mkdir(parents=True)
+    e0, e1 = entropy
+    rows = [{"step": s, "stats/entropy": e0 + (e1 - e0) * s / (steps - 1), "stats/response_length": 10.0 + s,
+             "reward/mean": 0.5} for s in range(steps)]
+    pd.DataFrame(rows).to_csv(d / "train" / "curves.csv", index=False)
+    pd.DataFrame([{"step": 0, "heldout/pass@1": 0.4}, {"step": steps, "heldout/pass@1": 0.6}]).to_csv(
+        d / "train" / "heldout.csv", index=False)
+    write_json(d / "eval" / "metrics.json", {"n_samples": 8, "pass@1": 0.0, "pass@8": 0.0, "maj@8": 0.0,
+                                             "mean_length": 10.0, "mean_token_entropy": 0.1, **metrics})

@@ -5,10 +5,10 @@ import math
 import pytest
 import yaml
 
-from entropy_rl.io import read_json, read_jsonl
+from entropy_rl.io import read_json, read_jsonl, write_json
 from entropy_rl.notebooks import run, strip
 
-from conftest import ROOT
+from conftest import ROOT, fake_run
 
 NOTEBOOKS = ["00_data", "10_sft", "20_rl", "30_eval", "40_figures"]
 
@@ -139,3 +139,29 @@ def test_scrub_joins_streams_split_by_timing(tmp_path):
     ])))
     assert scrub(a) == [] and scrub(b) == ["warning at /some/path\n"]
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_figures_notebook_on_the_seeds_study_layout(tmp_path, monkeypatch):
+    """The tiny-seeds layout (seed 0 of the default objectives in runs/tiny, the rest in runs/tiny-seeds): every
+    claim gets a verdict over 3 seeds and every claim figure is drawn."""
+    from entropy_rl import report
+
+    root = smoke_root(tmp_path)
+    monkeypatch.chdir(root)
+    default = {r["objective"] for r in yaml.safe_load((ROOT / "params.yaml").read_text())["rl_runs"].values()}
+    write_json(root / "runs/tiny/sft/eval/metrics.json", {"n_samples": 8, "pass@1": 0.3, "pass@8": 0.6, "maj@8": 0.4})
+    objectives = sorted({o for _, objs, _, _ in report.CLAIM_FIGURES.values() for o in objs})
+    for i, obj in enumerate(objectives):
+        for seed in range(3):
+            where = "runs/tiny" if seed == 0 and obj in default else "runs/tiny-seeds"
+            fake_run(root / where, f"{obj}-s{seed}", (0.2, 0.02 * (i + 1) + 0.001 * seed),
+                     {"pass@1": 0.5 + 0.01 * i, "pass@8": 0.9, "maj@8": 0.6 + 0.01 * i + 0.002 * seed})
+    run(ROOT / "notebooks" / "40_figures.ipynb", "reports/s/40_figures.ipynb",
+        {"profile": "smoke", "runs_dir": ["runs/tiny", "runs/tiny-seeds"], "out_dir": "reports/s"})
+    figures = sorted(p.name for p in (root / "reports/s/figures").glob("claim_*.png"))
+    assert figures == sorted(f"claim_{name}.png" for name in report.CLAIM_FIGURES)
+    summary = read_json(root / "reports/s/summary.json")
+    assert len(summary["claims"]) == len(report.CLAIMS)
+    assert all(c["seeds"] == 3 and "1 seed" not in c["verdict"] for c in summary["claims"])
+    assert {o["objective"]: o["seeds"] for o in summary["objectives"]} == {o: 3 for o in objectives}
+    assert "| paec |" in (root / "reports/s/objectives.md").read_text()

@@ -5,19 +5,7 @@ import pytest
 from entropy_rl import plots, report
 from entropy_rl.io import write_json
 
-
-def fake_run(root, name, entropy, metrics, steps=4):
-    """A run directory as the notebooks write it: entropy falls linearly from entropy[0] to entropy[1]."""
-    d = root / name
-    (d / "train").mkdir(parents=True)
-    e0, e1 = entropy
-    rows = [{"step": s, "stats/entropy": e0 + (e1 - e0) * s / (steps - 1), "stats/response_length": 10.0 + s,
-             "reward/mean": 0.5} for s in range(steps)]
-    pd.DataFrame(rows).to_csv(d / "train" / "curves.csv", index=False)
-    pd.DataFrame([{"step": 0, "heldout/pass@1": 0.4}, {"step": steps, "heldout/pass@1": 0.6}]).to_csv(
-        d / "train" / "heldout.csv", index=False)
-    write_json(d / "eval" / "metrics.json", {"pass@1": 0.0, "pass@8": 0.0, "maj@8": 0.0, "mean_length": 10.0,
-                                             "mean_token_entropy": 0.1, **metrics})
+from conftest import fake_run
 
 
 @pytest.fixture

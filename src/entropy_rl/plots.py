@@ -58,9 +58,13 @@ def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run"
     panels = [(k, lbl) for k, lbl in panels if k in (heldout if k.startswith("heldout/") else steps)]
     order = sorted(set(steps.get(hue, pd.Series(dtype=str))) | set(heldout.get(hue, pd.Series(dtype=str))))
     palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "tab20", max(len(order), 1))))
-    cols = 3
+    cols = max(1, min(3, len(panels)))
     rows = max(1, (len(panels) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    ncol = min(len(order), 5)
+    title_h = 0.4 if title else 0.0  # inches above the legend for the title
+    head = title_h + 0.3 + 0.25 * ((len(order) + ncol - 1) // max(ncol, 1))  # title + legend, in inches
+    height = 3.3 * rows + head
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, height), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
         src = heldout if key.startswith("heldout/") else steps
         sns.lineplot(data=src.dropna(subset=[key]), x="step", y=key, hue=hue, hue_order=order, palette=palette,
@@ -69,11 +73,12 @@ def training_curves(steps: pd.DataFrame, heldout: pd.DataFrame, hue: str = "run"
         ax.set_ylabel("")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], color=palette[h], label=h) for h in order]
-    fig.legend(handles=handles, title=hue, loc="upper center", ncol=min(len(order), 5), bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.93 if len(order) <= 5 else 0.88))
     if title:
-        fig.suptitle(title, y=1.04 if len(order) <= 5 else 1.07)
+        fig.suptitle(title, y=1 - 0.08 / height, va="top")
+    handles = [plt.Line2D([], [], color=palette[h], label=h) for h in order]
+    fig.legend(handles=handles, title=hue, loc="upper center", ncol=max(ncol, 1),
+               bbox_to_anchor=(0.5, 1 - title_h / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - head / height))
     return fig
 
 
