@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ENTROPY_RL_PROGRESS ?= terminal
 export PYTHONHASHSEED := 0
 
-.PHONY: repro test test-slow venv data lab clean-venv strip-notebooks
+.PHONY: repro study test test-slow venv data lab clean-venv strip-notebooks
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP):
 repro: venv
 	$(BIN)/dvc repro
 	@$(BIN)/dvc metrics show
+
+# The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (~90 min on 2 cores).
+study: venv
+	$(BIN)/dvc repro studies/dvc.yaml
+	@cat reports/tiny-seeds/claims.md
 
 # pytest exits 5 when it collects no test: say so, and do not fail on it.
 test: venv
