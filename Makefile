@@ -28,7 +28,7 @@ repro: venv
 	$(BIN)/dvc repro
 	@$(BIN)/dvc metrics show
 
-# The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (~90 min on 2 cores).
+# The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (37 runs, ~85 min measured on 2 cores).
 study: venv
 	$(BIN)/dvc repro studies/dvc.yaml
 	@cat reports/tiny-seeds/claims.md

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_objective
+from conftest import run_objective as run_obj  # the shared helper
 
 from entropy_rl.config import ConfigError
 from entropy_rl.controllers import adaptive_coef_applied, adaptive_coef_init, adaptive_coef_update
@@ -13,9 +13,6 @@ from entropy_rl.objectives import (RLBatch, StatScope, agg_denominator, get_obje
                                    make_objective_config, update_controller_state)
 from entropy_rl.objectives.entropy import high_entropy_mask
 from entropy_rl.token_stats import TokenStats
-
-
-run_obj = run_objective  # the shared helper in conftest.py
 
 
 def case(seed=0, B=4, T=6, dtype=torch.float64):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_objective
+from conftest import run_objective as run_obj  # the shared helper
 
 from entropy_rl.config import ConfigError
 from entropy_rl.controllers import clip_high_update, zeta_update
@@ -14,9 +14,6 @@ from entropy_rl.objectives import (init_controller_state, make_objective_config,
 from entropy_rl.objectives.repo import repo_advantage
 from entropy_rl.token_stats import TokenStats
 from entropy_rl.train import logprob_precision
-
-
-run_obj = run_objective  # the shared helper in conftest.py
 
 
 def case(seed=0, B=4, T=6, dtype=torch.float64):
