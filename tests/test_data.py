@@ -1,10 +1,12 @@
+import json
 import shutil
 
 import pytest
 import yaml
 
-from entropy_rl.config import DataConfig
-from entropy_rl.data import DataMismatchError, _md5, arithmetic_splits, fetch_raw, scratchpad, verify_raw
+from entropy_rl.config import ConfigError, DataConfig
+from entropy_rl.data import (DAPO_PREFIX, DAPO_SUFFIX, TRAIN_SOURCES, DataMismatchError, _md5, arithmetic_splits,
+                             dapo_problem, fetch_raw, load_train_source, math_train_rows, scratchpad, verify_raw)
 
 from conftest import ROOT, SHARED_DATA
 
@@ -75,3 +77,105 @@ def test_fetch_from_the_local_shared_copy(tmp_path):
     files = fetch_raw(SHARED_DATA, tmp_path / "data", ROOT / "data.dvc")
     assert len(files) == 9
     shutil.rmtree(tmp_path / "data")
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real RL training data (task `math`), on fixtures in the sources' own layouts
+# ----------------------------------------------------------------------------------------------------------
+TRAIN_FIXTURES = ROOT / "tests" / "fixtures" / "train_data"
+
+
+def _raw(name):
+    return [json.loads(line) for line in (TRAIN_FIXTURES / TRAIN_SOURCES[name].file).read_text().splitlines()]
+
+
+def test_math_keeps_levels_3_to_5_and_the_last_balanced_boxed_answer():
+    recs = load_train_source("math_l3_5", TRAIN_FIXTURES)
+    raw = _raw("math_l3_5")
+    assert [r["answer"] for r in recs] == ["0", "17", "(3, -1)", "10\\frac{1}{12}", "\\frac{20}{3}"]
+    assert [r["id"] for r in recs] == ["math_l3_5-00000", "math_l3_5-00001", "math_l3_5-00002", "math_l3_5-00004",
+                                       "math_l3_5-00005"]  # row 3 is Level 2
+    assert raw[3]["level"] == "Level 2" and raw[3]["problem"] not in {r["problem"] for r in recs}
+    assert all(set(r) == {"id", "problem", "answer", "source"} and r["source"] == "math_l3_5" for r in recs)
+    assert recs[0]["problem"] == raw[0]["problem"]
+
+
+def test_gsm8k_train_answers_are_the_number_after_the_hashes():
+    recs = load_train_source("gsm8k", TRAIN_FIXTURES)
+    assert [r["answer"] for r in recs] == ["72", "10", "624", "850000", "2250"]
+    assert [r["problem"] for r in recs] == [row["question"] for row in _raw("gsm8k")]
+
+
+def test_dapo_problems_are_bare_and_each_kept_once():
+    raw = _raw("dapo17k")
+    assert len(raw) == 5 and raw[0] == raw[2] == raw[4]
+    recs = load_train_source("dapo17k", TRAIN_FIXTURES)
+    assert [r["id"] for r in recs] == ["dapo17k-00000", "dapo17k-00001", "dapo17k-00003"]
+    assert [r["answer"] for r in recs] == ["34", "113", "-3"]
+    for r in recs:
+        assert "Answer:" not in r["problem"] and not r["problem"].startswith("Solve")
+    assert recs[1]["problem"].startswith("Let $ABCD$ be a unit square") and recs[1]["problem"].endswith("compute $m+n$.")
+    assert dapo_problem(DAPO_PREFIX + "What is $1+1$?" + DAPO_SUFFIX) == "What is $1+1$?"
+
+
+def test_hub_branch_reads_each_source_by_its_hub_id(monkeypatch):
+    import datasets
+
+    local = {name: load_train_source(name, TRAIN_FIXTURES) for name in TRAIN_SOURCES}
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        key = {"DigitalLearningGmbH/MATH-lighteval": "math_l3_5", "openai/gsm8k": "gsm8k",
+               "BytedTsinghua-SIA/DAPO-Math-17k": "dapo17k"}[path]
+        return datasets.Dataset.from_list(_raw(key))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert {name: load_train_source(name, "hub") for name in TRAIN_SOURCES} == local
+    assert calls == [("DigitalLearningGmbH/MATH-lighteval", "default", "train"), ("openai/gsm8k", "main", "train"),
+                          ("BytedTsinghua-SIA/DAPO-Math-17k", None, "train")]
+
+
+def test_math_splits_are_disjoint_deterministic_and_sized():
+    cfg = DataConfig(task="math", sources=["math_l3_5", "gsm8k", "dapo17k"], source=str(TRAIN_FIXTURES),
+                     n_eval=3, n_rl=0, seed=5)
+    a = math_train_rows(cfg)
+    assert a == math_train_rows(cfg) and set(a) == {"rl", "eval"}
+    assert len(a["eval"]) == 3 and len(a["rl"]) == 5 + 5 + 3 - 3  # n_rl = 0: all the rest
+    problems = [r["problem"] for split in a.values() for r in split]
+    assert len(problems) == len(set(problems))
+    assert {r["source"] for split in a.values() for r in split} == {"math_l3_5", "gsm8k", "dapo17k"}
+    other = math_train_rows(DataConfig(task="math", sources=cfg.sources, source=cfg.source, n_eval=3, n_rl=4, seed=6))
+    assert len(other["rl"]) == 4 and other["eval"] != a["eval"]
+    with pytest.raises(ValueError, match="data.n_eval: 13 held-out rows requested but .* have 13 distinct"):
+        math_train_rows(DataConfig(task="math", sources=cfg.sources, source=cfg.source, n_eval=13))
+
+
+def test_math_config_names_bad_sources_and_allows_all_rl_rows():
+    with pytest.raises(ConfigError, match="data.sources: invalid value 'math'; valid values: math_l3_5, gsm8k, dapo17k"):
+        DataConfig(task="math", sources=["math"])
+    with pytest.raises(ConfigError, match="data.sources: empty"):
+        DataConfig(task="math", sources=[])
+    with pytest.raises(ConfigError, match="data.task: invalid value 'maths'"):
+        DataConfig(task="maths")
+    assert DataConfig(task="math", n_rl=0).n_rl == 0
+    with pytest.raises(ConfigError, match="data.n_rl"):
+        DataConfig(n_rl=0)  # the synthetic task still needs RL prompts
+
+
+def test_missing_train_file_and_unknown_source_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dapo_math_17k/train.jsonl not found; data.source is 'hub' or a "
+                                                r"directory with math/train.jsonl \(math_l3_5\)"):
+        load_train_source("dapo17k", tmp_path)
+    with pytest.raises(KeyError, match="unknown training source 'gsm8k_train'; valid: math_l3_5, gsm8k, dapo17k"):
+        load_train_source("gsm8k_train", TRAIN_FIXTURES)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(),
+                    reason=f"no local copy of GSM8K train at {SHARED_DATA / 'gsm8k' / 'train.jsonl'}")
+def test_full_local_gsm8k_train_copy_through_a_directory():
+    recs = load_train_source("gsm8k", SHARED_DATA)
+    assert len(recs) > 7000 and all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in recs)
+    split = math_train_rows(DataConfig(task="math", sources=["gsm8k"], source=str(SHARED_DATA), n_eval=100, n_rl=0))
+    assert len(split["eval"]) == 100 and len(split["rl"]) == len(recs) - 100

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import HUB_SOURCES
+from .data import HUB_SOURCES, read_dataset
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 """The instruction used by DeepSeekMath, Qwen2.5-Math, SimpleRL, Dr. GRPO, DAPO evaluations and others."""
@@ -99,23 +99,8 @@ def normalize_row(bench: Benchmark, row: dict, index: int) -> dict:
 
 def load_rows(bench: Benchmark, source: str | Path):
     """The raw rows of ``bench`` as a ``datasets.Dataset``, from the hub (``source="hub"``) or a local directory."""
-    import datasets
-
-    if str(source) == "hub":
-        hub_id, config, split = bench.hub
-        args, kwargs = (hub_id, config), {"split": split}
-    else:
-        path = Path(source) / bench.file
-        if not path.exists():
-            raise FileNotFoundError(f"{bench.name}: {path} not found (source {source}: run `make data`, or 'hub')")
-        args, kwargs = ("json",), {"data_files": str(path), "split": "train"}
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # one "Generating split" bar per file is noise in notebooks
-    try:
-        return datasets.load_dataset(*args, **kwargs)
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
+    return read_dataset(source, bench.hub, bench.file,
+                        f"{bench.name}: {{path}} not found (source {source}: run `make data`, or 'hub')")
 
 
 def load_benchmark(name: str, source: str | Path, limit: int | None = None) -> list[dict]:

@@ -3,6 +3,8 @@
 * A synthetic, verifiable arithmetic task generated from a seed (the offline default profile).
 * The raw public math sets that the real-data profiles use, materialized into ``data/`` from a local copy
   (or exported from their Hugging Face hub ids) and verified against the hashes pinned in ``data.dvc``.
+* The real RL training sets of task ``math`` (:data:`TRAIN_SOURCES`: MATH levels 3–5, GSM8K, DAPO-Math-17k),
+  read from the hub or a local directory and split by :func:`math_train_rows`.
 
 Every record is normalized to ``{"id", "problem", "answer", "source"}``; SFT records also carry ``target``.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from .config import DataConfig
+from .rewards import extract_boxed
 
 # ----------------------------------------------------------------------------------------------------------
 # Synthetic arithmetic
@@ -173,6 +178,124 @@ def export_from_hub(dest: str | Path) -> None:  # pragma: no cover - needs the n
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_json(str(path), lines=True, force_ascii=False)
+
+
+def read_dataset(source: str | Path, hub: tuple[str, str | None, str], rel: str, missing: str):
+    """A ``datasets.Dataset``: from the hub (``source == "hub"``; ``hub`` = id, config, split) or from the jsonl file
+    ``<source>/<rel>`` of a local directory (a missing file raises ``missing.format(path=...)``)."""
+    import datasets
+
+    if str(source) == "hub":
+        args, kwargs = hub[:2], {"split": hub[2]}
+    else:
+        path = Path(source) / rel
+        if not path.exists():
+            raise FileNotFoundError(missing.format(path=path))
+        args, kwargs = ("json",), {"data_files": str(path), "split": "train"}
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # one "Generating split" bar per file is noise in notebooks
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real RL training data (task `math`)
+# ----------------------------------------------------------------------------------------------------------
+DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of the form "
+               "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+"""the instruction DAPO-Math-17k wraps around every problem (our prompt templates add their own)"""
+
+
+def _math_row(row: dict) -> tuple[str, str] | None:
+    """MATH (lighteval layout): levels 3–5 only; the answer is the last ``\\boxed{}`` of the solution."""
+    if str(row.get("level", "")).strip() not in ("Level 3", "Level 4", "Level 5"):
+        return None
+    answer = extract_boxed(row["solution"])
+    return (row["problem"].strip(), answer.strip()) if answer and answer.strip() else None
+
+
+def _gsm8k_row(row: dict) -> tuple[str, str]:
+    from .benchmarks import gsm8k_answer  # lazy: benchmarks imports this module
+
+    return row["question"].strip(), gsm8k_answer(row["answer"])
+
+
+def dapo_problem(content: str) -> str:
+    """The bare problem of a DAPO-Math-17k user turn, without its ``Answer:`` instruction."""
+    return content.removeprefix(DAPO_PREFIX).removesuffix(DAPO_SUFFIX).strip()
+
+
+def _dapo_row(row: dict) -> tuple[str, str]:
+    user = next(m["content"] for m in row["prompt"] if m["role"] == "user")
+    return dapo_problem(user), str(row["reward_model"]["ground_truth"]).strip()
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    name: str
+    """registry name (``data.sources`` in params.yaml, and the ``source`` of its records)"""
+    title: str
+    """display name"""
+    file: str
+    """path in a local directory source"""
+    hub: tuple[str, str | None, str]
+    """(hub id, config, split)"""
+    parse: Callable[[dict], tuple[str, str] | None]
+    """one raw row → ``(problem, answer)``, or None to leave it out"""
+
+
+TRAIN_SOURCES: dict[str, TrainSource] = {s.name: s for s in [
+    TrainSource("math_l3_5", "MATH (levels 3–5)", "math/train.jsonl",
+                ("DigitalLearningGmbH/MATH-lighteval", "default", "train"), _math_row),
+    TrainSource("gsm8k", "GSM8K", "gsm8k/train.jsonl", HUB_SOURCES["gsm8k/train.jsonl"], _gsm8k_row),
+    TrainSource("dapo17k", "DAPO-Math-17k", "dapo_math_17k/train.jsonl",
+                ("BytedTsinghua-SIA/DAPO-Math-17k", None, "train"), _dapo_row),
+]}
+
+
+def _problem_key(problem: str) -> str:
+    return " ".join(problem.split())
+
+
+def load_train_source(name: str, source: str | Path) -> list[dict]:
+    """Normalized records of training set ``name`` from ``source`` (``"hub"`` or a local directory laid out as
+    ``<dir>/<TrainSource.file>``), in file order, each problem once; ids are ``<name>-<raw row index>``."""
+    if name not in TRAIN_SOURCES:
+        raise KeyError(f"unknown training source '{name}'; valid: {', '.join(TRAIN_SOURCES)}")
+    src = TRAIN_SOURCES[name]
+    layout = ", ".join(f"{s.file} ({s.name})" for s in TRAIN_SOURCES.values())
+    rows = read_dataset(source, src.hub, src.file,
+                        f"{name}: {{path}} not found; data.source is 'hub' or a directory with {layout}")
+    out, seen = [], set()
+    for i, row in enumerate(rows):
+        parsed = src.parse(row)
+        if parsed is None or _problem_key(parsed[0]) in seen:
+            continue
+        seen.add(_problem_key(parsed[0]))
+        out.append({"id": f"{name}-{i:05d}", "problem": parsed[0], "answer": parsed[1], "source": name})
+    return out
+
+
+def math_train_rows(cfg: DataConfig) -> dict[str, list[dict]]:
+    """The ``rl`` and ``eval`` splits of task ``math``: every set in ``cfg.sources`` read from ``cfg.source``,
+    each problem once across sets (first set wins), shuffled with ``cfg.seed``; ``cfg.n_eval`` held-out rows
+    (the in-training curve set), then up to ``cfg.n_rl`` RL rows (0 = all the rest)."""
+    pool, seen = [], set()
+    for name in cfg.sources:
+        for r in load_train_source(name, cfg.source):
+            if (key := _problem_key(r["problem"])) not in seen:
+                seen.add(key)
+                pool.append(r)
+    if cfg.n_eval >= len(pool):
+        raise ValueError(f"data.n_eval: {cfg.n_eval} held-out rows requested but {', '.join(cfg.sources)} "
+                         f"have {len(pool)} distinct problems")
+    random.Random(cfg.seed).shuffle(pool)
+    rest = pool[cfg.n_eval :]
+    return {"rl": rest[: cfg.n_rl] if cfg.n_rl else rest, "eval": pool[: cfg.n_eval]}
 
 
 def main(argv: list[str] | None = None) -> None:
