@@ -82,7 +82,7 @@ def mixed_groups(rewards: Tensor, group_size: int) -> Tensor:
     ``filter_groups`` keeps a group when the std of its metric is > 0, or it has one sample)."""
     g = _groups(rewards, group_size)
     if group_size == 1:
-        return torch.ones(g.shape[0], dtype=torch.bool)
+        return torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
     return g.max(-1).values > g.min(-1).values
 
 
@@ -94,7 +94,7 @@ def overlong_penalty(lengths: Tensor, l_max: int, buffer: int, factor: float = 1
     for ``|y| > L_max`` is the clamp). ``buffer = 0`` gives zeros (off).
     """
     if buffer <= 0:
-        return torch.zeros(lengths.shape, dtype=torch.float32)
+        return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
     if buffer > l_max:
         raise ValueError(f"overlong buffer {buffer} exceeds the length cap {l_max}")
     over = (lengths.float() - (l_max - buffer)) / buffer

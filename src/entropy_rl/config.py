@@ -135,7 +135,7 @@ def config_hash(cfg: Any) -> str:
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "arithmetic"
-    """training task: `arithmetic` (synthetic, offline)"""
+    """training task: `arithmetic` (synthetic, offline), or `math` (real problems from `sources`, RL only)"""
     digits: int = 3
     """operand digits of the synthetic task (a, b uniform in [10^(d-1), 10^d - 1])"""
     ops: list[str] = field(default_factory=lambda: ["+"])
@@ -145,14 +145,20 @@ class DataConfig:
     n_sft: int = 20000
     """SFT examples"""
     n_rl: int = 4000
-    """RL training prompts"""
+    """RL training prompts (task `math`: at most, 0 = all)"""
     n_eval: int = 200
-    """held-out prompts (disjoint operand pairs from both training sets)"""
+    """held-out prompts (disjoint operand pairs from both training sets; task `math`: problems not in `rl`)"""
     seed: int = 1234
-    """seed of the task generator"""
+    """seed of the task generator (task `math`: of the shuffle before the splits)"""
+    sources: list[str] = field(default_factory=lambda: ["math_l3_5"])
+    """training sets of task `math` (`math_l3_5`, `gsm8k`, `dapo17k`; see entropy_rl.data.TRAIN_SOURCES)"""
+    source: str = "hub"
+    """where task `math` reads them: `hub`, or a directory with `math/`, `gsm8k/`, `dapo_math_17k/train.jsonl`"""
 
     def __post_init__(self):
-        choice("data.task", self.task, ["arithmetic"])
+        from .data import TRAIN_SOURCES
+
+        choice("data.task", self.task, ["arithmetic", "math"])
         for op in self.ops:
             choice("data.ops", op, ["+", "-", "*"])
         if not 1 <= self.digits <= 6:
@@ -160,7 +166,11 @@ class DataConfig:
         if not 0.0 <= self.scratchpad_frac <= 1.0:
             raise ConfigError(f"data.scratchpad_frac: must be in [0, 1], got {self.scratchpad_frac}")
         for k in ("n_sft", "n_rl", "n_eval"):
-            positive(f"data.{k}", getattr(self, k))
+            positive(f"data.{k}", getattr(self, k), allow_zero=k == "n_rl" and self.task == "math")
+        if not self.sources:
+            raise ConfigError(f"data.sources: empty; valid values: {', '.join(TRAIN_SOURCES)}")
+        for s in self.sources:
+            choice("data.sources", s, TRAIN_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,8 @@ class ModelConfig:
     """LoRA adapter used by RL"""
     num_threads: int = 2
     """torch CPU threads (fixed so that runs are bit-reproducible on a given machine)"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer's activations in the backward pass (less memory, ~30 % more time)"""
 
     def __post_init__(self):
         choice("model.compute_dtype", self.compute_dtype, ["float32", "bfloat16", "float16"])
@@ -210,7 +222,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     steps: int = 400
-    """optimizer steps of the warm start"""
+    """optimizer steps of the warm start (0: none, the pretrained `model.source` is the starting policy)"""
     batch_size: int = 128
     """sequences per step"""
     lr: float = 3e-3
@@ -223,9 +235,46 @@ class SFTConfig:
     """seed of initialisation and batch order"""
 
     def __post_init__(self):
-        positive("sft.steps", self.steps)
+        positive("sft.steps", self.steps, allow_zero=True)
         positive("sft.batch_size", self.batch_size)
         positive("sft.lr", self.lr)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: str = "hf"
+    """rollout backend (`hf`: Hugging Face `generate` on the policy itself; `vllm`: a colocated vLLM engine with
+    adapter-only sync; entropy_rl.rollout)"""
+    tis: str = "auto"
+    """train/inference mismatch correction, truncated importance sampling on the rollout log-probs: `on`, `off`, or
+    `auto` (on when the backend reports rollout log-probs, i.e. with vllm)"""
+    tis_cap: float = 2.0
+    """C of truncated importance sampling: per-token weight min(pi_old / pi_rollout, C) (Yao et al. 2025: 2)"""
+    gpu_memory_utilization: float = 0.3
+    """vllm: the fraction of the GPU the engine may take (weights + KV cache); the trainer gets the rest"""
+    sleep_mode: bool = True
+    """vllm: sleep between rollouts (weights to CPU memory, KV cache freed) so that training gets the memory"""
+    enforce_eager: bool = False
+    """vllm: no CUDA graphs (less memory and start-up time, slower decoding)"""
+    max_model_len: int = 0
+    """vllm: longest prompt + response the engine plans for (0 = the model's own limit)"""
+    max_num_seqs: int = 0
+    """vllm: sequences decoded at once (0 = vLLM's default)"""
+
+    def __post_init__(self):
+        from .rollout import BACKENDS
+
+        choice("rl.rollout.backend", self.backend, BACKENDS)
+        choice("rl.rollout.tis", self.tis, ["auto", "on", "off"])
+        if self.tis_cap < 1:
+            raise ConfigError(f"rl.rollout.tis_cap: must be >= 1 (a weight cap), got {self.tis_cap}")
+        if not 0 < self.gpu_memory_utilization < 1:
+            raise ConfigError(f"rl.rollout.gpu_memory_utilization: must be in (0, 1), got {self.gpu_memory_utilization}")
+        positive("rl.rollout.max_model_len", self.max_model_len, allow_zero=True)
+        positive("rl.rollout.max_num_seqs", self.max_num_seqs, allow_zero=True)
+
+
+OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 
 
 @dataclass(frozen=True)
@@ -257,10 +306,24 @@ class RLConfig:
     """held-out prompts used for the in-training curve"""
     checkpoint_every: int = 10
     """atomic checkpoint every this many steps (a killed run resumes from it)"""
+    forward_batch_size: int = 256
+    """responses per no-grad forward pass (old and reference log-probs, held-out entropies): sets memory, not results
+    (up to float rounding)"""
+    template: str = "plain"
+    """prompt template of the RL prompts and the in-training curve (`plain`: the problem as is, the synthetic task;
+    `qwen_math`, `boxed`: see entropy_rl.benchmarks.TEMPLATES)"""
+    optimizer: str = "adamw"
+    """`adamw` (torch) or `paged_adamw_8bit` (bitsandbytes: 8-bit states in paged memory; needs a GPU)"""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """the rollout backend and its settings"""
 
     def __post_init__(self):
+        from .benchmarks import TEMPLATES
+
+        choice("rl.optimizer", self.optimizer, OPTIMIZERS)
+        choice("rl.template", self.template, TEMPLATES)
         for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "micro_batches",
-                  "epochs", "eval_every", "eval_prompts", "checkpoint_every"):
+                  "epochs", "eval_every", "eval_prompts", "checkpoint_every", "forward_batch_size"):
             positive(f"rl.{k}", getattr(self, k))
         positive("rl.temperature", self.temperature)
         positive("rl.lr", self.lr)

@@ -6,7 +6,8 @@ Three parts, each replaceable by name:
   LoRA adapter) and samples; ``generate(prompts, n, seed, greedy) -> Generations`` (texts, token lengths,
   truncation flags, and per-response entropy sums when it can compute them). ``hf`` is Hugging Face
   ``generate`` (:class:`~entropy_rl.rollout.HFRollout`) with entropies from the same model
-  (:func:`~entropy_rl.policy.frozen_stats`). A vLLM backend registers here under its own name.
+  (:func:`~entropy_rl.policy.frozen_stats`); ``vllm`` is a vLLM engine serving the adapter as a ``LoRARequest``
+  (:class:`~entropy_rl.rollout.vllm.VLLMRollout`; no entropies).
 * **task** (:class:`EvalTask`): normalized records (``{id, problem, answer, source}``), a prompt template
   (:data:`entropy_rl.benchmarks.TEMPLATES`) and a reward: the tiny profile's held-out split
   (:func:`arithmetic_task`), or the math benchmarks (:func:`benchmark_tasks`).
@@ -48,12 +49,14 @@ class HFBackend:
     """Sampling with Hugging Face ``generate``; entropies from a second, no-grad forward of the same model."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256,
-                 entropy: bool = True):
+                 entropy: bool = True, sampler=None, stats_batch_size: int = 256):
         from .rollout import HFRollout
 
         self.model, self.tokenizer, self.temperature, self.entropy = model, tokenizer, temperature, entropy
-        self.batch_size = batch_size
-        self.sampler = HFRollout(model, tokenizer, max_new_tokens, temperature, batch_size)
+        self.stats_batch_size = stats_batch_size  # responses per no-grad forward of the entropy pass
+        self.batch_size = batch_size if sampler is None else sampler.batch_size
+        # any rollout sampler (the RL run's vLLM engine, say); entropies still come from `model`
+        self.sampler = sampler or HFRollout(model, tokenizer, max_new_tokens, temperature, batch_size)
 
     def generate(self, prompts: Sequence[str], n: int, seed: int, greedy: bool = False) -> Generations:
         from .policy import frozen_stats
@@ -61,13 +64,13 @@ class HFBackend:
         ro = self.sampler.generate(list(prompts), n=n, seed=seed, greedy=greedy)
         sums = None
         if self.entropy:
-            ent = frozen_stats(self.model, ro, self.temperature).entropy
+            ent = frozen_stats(self.model, ro, self.temperature, batch_size=self.stats_batch_size).entropy
             sums = (ent * ro.response_mask).sum(-1).tolist()
         return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], sums)
 
 
 def load_hf(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
-            temperature: float, batch_size: int) -> HFBackend:
+            temperature: float, batch_size: int, rollout_cfg=None) -> HFBackend:
     """The ``hf`` backend for a checkpoint: ``model.load_base`` (+ the PEFT adapter when given), eval mode."""
     from .model import load_base, load_tokenizer
 
@@ -81,9 +84,35 @@ def load_hf(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, 
     return HFBackend(model, tokenizer, max_new_tokens, temperature, batch_size)
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"hf": load_hf}
-"""name -> loader ``(base_dir, adapter_dir, model_cfg, *, max_new_tokens, temperature, batch_size)`` returning
-an object with ``tokenizer``, ``batch_size`` and ``generate(prompts, n, seed, greedy) -> Generations``"""
+class SamplerBackend:
+    """Any rollout sampler as an evaluation backend, without entropies (the ``vllm`` backend: no second pass)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.tokenizer, self.batch_size = sampler, sampler.tok, sampler.batch_size
+
+    def generate(self, prompts: Sequence[str], n: int, seed: int, greedy: bool = False) -> Generations:
+        ro = self.sampler.generate(list(prompts), n=n, seed=seed, greedy=greedy)
+        return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], None)
+
+
+def load_vllm(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
+              temperature: float, batch_size: int, rollout_cfg=None) -> SamplerBackend:
+    """The ``vllm`` backend for a checkpoint: an engine on the base (4-bit when ``model.load_in_4bit``) serving the
+    adapter as a ``LoRARequest``; engine settings from ``rl.rollout`` (memory share, eager mode, lengths)."""
+    from .config import RolloutConfig
+    from .model import load_tokenizer
+    from .rollout.vllm import VLLMRollout
+
+    sampler = VLLMRollout(base_dir, load_tokenizer(base_dir), model_cfg, rollout_cfg or RolloutConfig(),
+                          max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    if adapter_dir:
+        sampler.load_adapter(adapter_dir)
+    return SamplerBackend(sampler)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"hf": load_hf, "vllm": load_vllm}
+"""name -> loader ``(base_dir, adapter_dir, model_cfg, *, max_new_tokens, temperature, batch_size, rollout_cfg)``
+returning an object with ``tokenizer``, ``batch_size`` and ``generate(prompts, n, seed, greedy) -> Generations``"""
 
 
 def register_backend(name: str):
@@ -214,10 +243,12 @@ def evaluate_tasks(backend, tasks: Sequence[EvalTask], n: int, seed: int = 0, gr
 def evaluate(model, tokenizer, records: list[dict], reward_fn: Callable[[str, str], float], n: int,
              temperature: float, max_new_tokens: int, seed: int = 0, batch_size: int = 256,
              greedy: bool = False, desc: str = "eval", show_progress: bool = True,
-             template: str = "plain") -> tuple[list[dict], dict]:
-    """One task on an in-memory model (the SFT notebook and the RL loop's held-out curve): the ``hf`` backend,
-    prompts as given (``template="plain"``), scored by ``reward_fn``. Returns (per-sample rows, metrics)."""
-    backend = HFBackend(model, tokenizer, max_new_tokens, temperature, batch_size)
+             template: str = "plain", sampler=None, stats_batch_size: int = 256) -> tuple[list[dict], dict]:
+    """One task on an in-memory model (the SFT notebook and the RL loop's held-out curve): the ``hf`` backend, or
+    ``sampler`` when given (entropies from ``model``), prompts as given (``template="plain"``), scored by
+    ``reward_fn``. Returns (per-sample rows, metrics)."""
+    backend = HFBackend(model, tokenizer, max_new_tokens, temperature, batch_size, sampler=sampler,
+                        stats_batch_size=stats_batch_size)
     task = EvalTask(desc, records, template=template, scorer=make_scorer(reward_fn))
     return evaluate_tasks(backend, [task], n=n, seed=seed, greedy=greedy, show_progress=show_progress)
 
@@ -244,7 +275,7 @@ def profile_backend(cfg, base_dir: str | Path, adapter_dir: str | Path | None = 
     """The backend named by ``cfg.eval.backend``, loaded from a checkpoint with the profile's sampling settings."""
     ev = cfg.eval
     return load_backend(ev.backend, base_dir, adapter_dir, cfg.model, max_new_tokens=ev.max_new_tokens,
-                        temperature=ev.temperature, batch_size=ev.batch_size)
+                        temperature=ev.temperature, batch_size=ev.batch_size, rollout_cfg=cfg.rl.rollout)
 
 
 def evaluate_checkpoint(base_dir: str | Path, adapter_dir: str | Path | None, cfg, tasks: Sequence[EvalTask],

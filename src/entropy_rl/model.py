@@ -54,8 +54,38 @@ def set_threads(cfg: ModelConfig) -> None:
     torch.set_num_threads(cfg.num_threads)
 
 
+BASE_POINTER = "entropy_rl_base.json"
+"""a starting-policy directory that holds this file names a pretrained model instead of holding its weights"""
+
+
+def write_base_pointer(path: str | Path, source: str) -> Path:
+    """Make ``path`` a *pointer* to the pretrained model ``source`` (a hub id or a local directory): the starting
+    policy of a profile that has no warm start (``sft.steps: 0``), without a multi-GB copy of its weights."""
+    import json
+
+    from .notebooks import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        (Path(tmp) / BASE_POINTER).write_text(json.dumps({"source": source}, indent=2) + "\n")
+    return Path(path)
+
+
+def resolve_source(path: str | Path) -> str:
+    """What ``from_pretrained`` should load for a starting-policy directory: the source a pointer names, else the
+    path itself (a directory in Hugging Face format, or a hub id)."""
+    import json
+
+    pointer = Path(path) / BASE_POINTER
+    if pointer.is_file():
+        source = json.loads(pointer.read_text()).get("source")
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"{pointer}: expected {{\"source\": \"<hub id or directory>\"}}")
+        return source
+    return str(path)
+
+
 def load_tokenizer(path: str | Path):
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(resolve_source(path))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -77,17 +107,43 @@ def load_base(path: str | Path, cfg: ModelConfig):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # on the GPU (4-bit weights are quantized there)
+    model = AutoModelForCausalLM.from_pretrained(resolve_source(path), **kwargs)
     model.config.use_cache = True
+    if cfg.load_in_4bit:
+        keep_cpu_4bit_trainable(model)
     return model
+
+
+def keep_cpu_4bit_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns the modules changed.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weight, the first time it runs in eval mode without grad on a CPU
+    with AVX512-BF16 (inside ``generate``), into a layout served by ``gemv_4bit``, which has no backward: every
+    later training pass then gets zero gradients through the base layers, silently. Its per-module switch
+    ``support_avx512bf16_for_cpu`` turns the repack off (on a GPU the flag is never read)."""
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def add_lora(model, cfg: ModelConfig, seed: int = 0):
     """Wrap ``model`` in a fresh PEFT LoRA adapter; only the adapter is trainable."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    if cfg.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # The base is frozen and stays in its compute dtype: unlike peft's `prepare_model_for_kbit_training` we do not
+    # upcast the embeddings and norms to fp32 (a bf16 residual stream halves activation memory); the token
+    # statistics, log-probs and ratios are computed in fp32 all the same (token_stats).
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
     lcfg = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,

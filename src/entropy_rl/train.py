@@ -1,6 +1,8 @@
-"""The RL step and loop: rollout → reward → advantage → token stats → objective → update → controllers → log.
+"""The RL step and loop: sync → rollout → reward → advantage → token stats → objective → update → controllers → log.
 
-Nothing here knows which objective runs: it is looked up by name and called with the same signature, and its
+Nothing here knows which objective runs, nor which rollout backend samples: the objective is looked up by name and
+called with the same signature, the sampler is any :class:`~entropy_rl.rollout.Sampler` (synced with the policy's
+adapter before each rollout, asleep during training), and the objective's
 controller (if it registered one) updates ``run.state`` after each step. Rollout-level options of the objective's
 config (DAPO dynamic sampling, overlong reward shaping) apply to any objective. Each optimizer update may
 accumulate gradients over ``rl.micro_batches`` passes.
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 
 from .advantages import get_advantage, mixed_groups, overlong_penalty, solved_fraction
+from .benchmarks import build_prompt
 from .config import RLConfig, config_hash
 from .evaluate import evaluate
 from .io import atomic_path
@@ -27,7 +30,7 @@ from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, ini
                          update_controller_state)
 from .policy import frozen_stats, policy_stats
 from .progress import progress
-from .rollout import HFRollout, Rollouts
+from .rollout import HFRollout, Rollouts, tis_weights
 from .token_stats import DEFAULT_TOP_P, TokenStats
 
 
@@ -55,15 +58,29 @@ class RLRun:
     seed: int = 0
     state: dict = dataclasses.field(default_factory=dict)
     """controller state (read by objectives, updated by controllers after each step; part of the checkpoint)"""
+    sampler: object = None
+    """the rollout backend (entropy_rl.rollout.make_sampler); None: Hugging Face `generate` on the policy"""
 
     def __post_init__(self):
         self.loss_fn = get_objective(self.objective)
         self.adv_fn = get_advantage(self.obj_cfg.advantage)
-        self.sampler = HFRollout(self.policy, self.tokenizer, self.rl.max_new_tokens, self.rl.temperature)
+        if self.sampler is None:
+            self.sampler = HFRollout(self.policy, self.tokenizer, self.rl.max_new_tokens, self.rl.temperature)
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.rl.lr, weight_decay=0.0)
+        self.optimizer = make_optimizer(params, self.rl)
+        self.version = 0  # optimizer updates so far: names the policy's state for the sampler's sync
         if not self.state:
             self.state.update(init_controller_state(self.objective, self.obj_cfg))
+
+
+def make_optimizer(params, rl: RLConfig) -> torch.optim.Optimizer:
+    """AdamW (torch), or bitsandbytes' paged 8-bit AdamW (8-bit moments in paged memory that can spill to the CPU
+    under memory pressure; `rl.optimizer: paged_adamw_8bit`, a GPU is needed)."""
+    if rl.optimizer == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=rl.lr, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=rl.lr, weight_decay=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,12 +126,15 @@ def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[s
         taken = set(picked)
         pool = [i for i in pool if i not in taken]
         prompts = [run.train_rows[i] for i in picked]
-        ro = run.sampler.generate([p["problem"] for p in prompts], n=G, seed=gen_seed(run.seed, step, k))
-        rewards = torch.tensor([run.reward_fn(t, p["answer"]) for t, p in zip(ro.texts, (p for p in prompts for _ in range(G)))])
+        texts = [build_prompt(p["problem"], run.tokenizer, rl.template) for p in prompts]
+        ro = run.sampler.generate(texts, n=G, seed=gen_seed(run.seed, step, k))
+        dev = ro.response_mask.device  # the policy's: every per-response tensor of the step lives there
+        rewards = torch.tensor([run.reward_fn(t, p["answer"]) for t, p in zip(ro.texts, (p for p in prompts for _ in range(G)))],
+                               device=dev)
         all_rewards.append(rewards)
-        keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool)
+        keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool, device=dev)
         keep_idx = keep.nonzero().squeeze(-1)[: rl.prompts_per_step - n_kept]  # truncate to the batch size
-        rows = (keep_idx[:, None] * G + torch.arange(G)).reshape(-1)
+        rows = (keep_idx[:, None] * G + torch.arange(G, device=dev)).reshape(-1)
         parts.append(ro.select(rows))
         kept_rewards.append(rewards[rows])
         n_kept += keep_idx.numel()
@@ -142,14 +162,24 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     rl, G = run.rl, run.rl.group_size
     run.state.update(step=step, total_steps=rl.steps)  # for schedules; controllers update the rest after the step
 
+    # ---- Sync: the sampler gets the current adapter (vLLM: a new LoRARequest; hf: nothing to do) ----
+    run.sampler.sync(run.policy, run.version)
     # ---- Rollout + Reward: G samples per prompt from the current policy (= pi_old), scored by the verifier ----
     ro, rewards, info = sample_groups(run, step)
+    run.sampler.sleep()  # a colocated engine frees its GPU memory for the training phase
     scores, penalty = shaped_rewards(run, ro, rewards)
     # ---- Advantage: group-relative, broadcast over the response tokens ----
     adv = run.adv_fn(scores, G)[:, None].expand_as(ro.response_mask).float() * ro.response_mask
     # ---- Old (and reference) log-probs: no gradient, same forward path as the update ----
-    old = logprob_precision(frozen_stats(run.policy, ro, rl.temperature), run.obj_cfg.logprob_dtype)
-    ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True), run.obj_cfg.logprob_dtype)
+    fb = rl.forward_batch_size
+    old = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, batch_size=fb), run.obj_cfg.logprob_dtype)
+    ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True, batch_size=fb),
+                            run.obj_cfg.logprob_dtype)
+    # ---- Mismatch correction: the sampler's own log-probs against the trainer's (truncated importance sampling) ----
+    is_w = None
+    if use_tis(rl.rollout.tis, ro):
+        is_w, tis_info = tis_weights(old.logp, ro.rollout_logp, ro.response_mask, rl.rollout.tis_cap)
+        info.update(tis_info)
 
     # ---- Loss & update: minibatches over the rollout batch ----
     sums: dict[str, float] = defaultdict(float)
@@ -158,14 +188,16 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     B = rewards.numel()
     # the whole rollout batch (complete groups), for objectives that pool statistics over a group (ERPO)
     rollout = RLBatch(old_logp=old.logp, advantages=adv, mask=ro.response_mask, ref_logp=ref.logp, rewards=scores,
-                      l_max=rl.max_new_tokens, group_ids=torch.arange(B) // G, old_entropy=old.entropy)
+                      l_max=rl.max_new_tokens, group_ids=torch.arange(B, device=adv.device) // G,
+                      old_entropy=old.entropy)
     for _ in range(rl.epochs):
         perm = torch.randperm(B, generator=gen)
         for idx in perm.view(rl.minibatches, -1):
             batch = RLBatch(old_logp=old.logp[idx], advantages=adv[idx], mask=ro.response_mask[idx],
                             ref_logp=ref.logp[idx], rewards=scores[idx], l_max=rl.max_new_tokens,
                             seed=step_seed(run.seed, step) * 4099 + n_updates, group_ids=rollout.group_ids[idx],
-                            old_entropy=old.entropy[idx], rollout=rollout, rollout_rows=idx)
+                            old_entropy=old.entropy[idx], rollout=rollout, rollout_rows=idx,
+                            is_weights=None if is_w is None else is_w[idx])
             metrics, grad_norm = update(run, ro.select(idx), batch, step)
             grad_norms.append(grad_norm)
             for key, v in metrics.items():
@@ -210,7 +242,8 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
     else:
         scope = None
         if cfg.minibatch_scope:
-            cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature), cfg.logprob_dtype)  # params fixed
+            cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature, batch_size=rl.forward_batch_size),
+                                    cfg.logprob_dtype)  # params fixed
             scope = StatScope(logp=cur.logp, entropy=cur.entropy, old_logp=batch.old_logp,
                               advantages=batch.advantages, mask=batch.mask)
         total = max(agg_denominator(batch.mask, cfg.agg), 1.0)
@@ -231,7 +264,17 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
             metrics[k] += weight * float(v)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
     run.optimizer.step()
+    run.version += 1
     return dict(metrics), grad_norm
+
+
+def use_tis(mode: str, ro: Rollouts) -> bool:
+    """Whether the step applies the mismatch correction (``rl.rollout.tis``: on, off, or auto = when the sampler
+    reports its log-probs)."""
+    if mode == "on" and ro.rollout_logp is None:
+        raise ValueError("rl.rollout.tis: 'on' needs the sampler's log-probs, and this backend reports none "
+                         "(hf samples from the trained module itself); use 'auto' or 'off', or the vllm backend")
+    return mode == "on" or (mode == "auto" and ro.rollout_logp is not None)
 
 
 def logprob_precision(stats: TokenStats, dtype: str) -> TokenStats:
@@ -248,12 +291,15 @@ def _k3_mean(logp, ref_logp, mask) -> float:
 
 
 def heldout_eval(run: RLRun, step: int, n: int = 4) -> dict[str, float]:
-    """Held-out pass@1 (n samples per prompt at the RL temperature) for the in-training curve."""
+    """Held-out pass@1 (n samples per prompt at the RL temperature, from the run's sampler) for the in-training
+    curve."""
+    run.sampler.sync(run.policy, run.version)
     _, summary = evaluate(
         run.policy, run.tokenizer, run.eval_rows[: run.rl.eval_prompts], run.reward_fn, n=n,
         temperature=run.rl.temperature, max_new_tokens=run.rl.max_new_tokens, seed=10_000 + step,
-        show_progress=False,
+        show_progress=False, sampler=run.sampler, template=run.rl.template, stats_batch_size=run.rl.forward_batch_size,
     )
+    run.sampler.sleep()
     return {"step": step, "heldout/pass@1": summary["pass@1"], "heldout/entropy": summary["mean_token_entropy"],
             "heldout/length": summary["mean_length"]}
 
@@ -274,6 +320,7 @@ def save_checkpoint(path: str | Path, run: RLRun, step: int, log: list[dict], ev
     payload = {
         "step": step, "key": _resume_key(run), "log": log, "evals": evals, "state": run.state,
         "adapter": get_peft_model_state_dict(run.policy), "optimizer": run.optimizer.state_dict(),
+        "version": run.version,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -292,6 +339,8 @@ def load_checkpoint(path: str | Path, run: RLRun) -> tuple[int, list[dict], list
         return None
     set_peft_model_state_dict(run.policy, payload["adapter"])
     run.optimizer.load_state_dict(payload["optimizer"])
+    # the restored adapter is a new policy state for the sampler: it must not count as the fresh adapter's version 0
+    run.version = payload.get("version", payload["step"] * run.rl.minibatches * run.rl.epochs)
     run.state.clear()
     run.state.update(payload["state"])
     print(f"[resume] continuing from step {payload['step']} ({path})")

@@ -56,7 +56,11 @@ def clipped_pg_loss(batch: RLBatch, stats: TokenStats, cfg: GRPOConfig, keep: Te
 def pg_loss(batch: RLBatch, stats: TokenStats, cfg: ObjectiveConfig, pg: Tensor, parts: dict[str, Tensor],
             name: str) -> tuple[Tensor, dict[str, Tensor]]:
     """Aggregate a per-token policy loss ``pg [B, T]`` by ``cfg.agg`` and add ``cfg.kl_coef`` times the k3 KL to the
-    reference; ``parts`` (ratio, clipped, log_ratio) feed the standard diagnostics."""
+    reference; ``parts`` (ratio, clipped, log_ratio) feed the standard diagnostics. With ``batch.is_weights`` (the
+    truncated importance-sampling correction of a separate rollout engine) each token's policy loss is weighted by
+    it first, as verl does with its rollout IS weights; the KL term is not."""
+    if batch.is_weights is not None:
+        pg = pg * batch.is_weights.to(pg.dtype)
     l_max = resolve_l_max(cfg, batch)
     loss_pg = agg_loss(pg, batch.mask, cfg.agg, l_max)
     metrics = policy_metrics(batch, stats, parts)

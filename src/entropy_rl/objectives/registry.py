@@ -67,6 +67,10 @@ class RLBatch:
     group (ERPO); None: this batch is its own rollout"""
     rollout_rows: Tensor | None = None
     """``[B]`` the rows of this batch within ``rollout``"""
+    is_weights: Tensor | None = None
+    """per-token train/inference mismatch weights, detached: truncated importance sampling
+    ``min(pi_old / pi_rollout, C)`` when the sampler is a separate engine (``rl.rollout.tis``); they multiply the
+    per-token policy-gradient loss of every objective (``pg_loss``), not its regularizers. None: no correction"""
 
     def select(self, rows: Tensor, scope: StatScope | None = None) -> "RLBatch":
         """The rows ``rows`` (a ``[b]`` index tensor) as a micro-batch; ``scope`` (if given) gets those rows."""
@@ -76,7 +80,7 @@ class RLBatch:
         return RLBatch(old_logp=self.old_logp[rows], advantages=self.advantages[rows], mask=self.mask[rows],
                        ref_logp=pick(self.ref_logp), rewards=pick(self.rewards), l_max=self.l_max, seed=self.seed,
                        scope=scope, group_ids=pick(self.group_ids), old_entropy=pick(self.old_entropy),
-                       rollout=self.rollout, rollout_rows=pick(self.rollout_rows))
+                       rollout=self.rollout, rollout_rows=pick(self.rollout_rows), is_weights=pick(self.is_weights))
 
 
 @dataclass(frozen=True)
