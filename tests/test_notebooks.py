@@ -165,3 +165,86 @@ def test_figures_notebook_on_the_seeds_study_layout(tmp_path, monkeypatch):
     assert all(c["seeds"] == 3 and "1 seed" not in c["verdict"] for c in summary["claims"])
     assert {o["objective"]: o["seeds"] for o in summary["objectives"]} == {o: 3 for o in objectives}
     assert "| paec |" in (root / "reports/s/objectives.md").read_text()
+
+
+def gpu_smoke_root(path, model_dir):
+    """params.yaml with a `gpu-smoke` profile that extends `consumer-gpu` and changes only what a CPU needs:
+    a local 4-bit model (fp32 compute), the hf backend, fixture data, tiny sizes."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fixtures = ROOT / "tests" / "fixtures"
+    params["profiles"] = {"gpu-smoke": {
+        "extends": "consumer-gpu", "description": "the consumer-gpu recipe on the CPU",
+        "data": {"source": str(fixtures / "train_data"), "sources": ["math_l3_5", "gsm8k", "dapo17k"], "n_eval": 2},
+        "model": {"source": str(model_dir), "compute_dtype": "float32", "num_threads": 2, "lora": {"r": 4, "alpha": 8}},
+        "rl": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "minibatches": 1,
+               "micro_batches": 2, "eval_every": 1, "eval_prompts": 2, "optimizer": "adamw",
+               "rollout": {"backend": "hf"}},
+        "eval": {"data_source": str(fixtures / "benchmarks"), "benchmarks": ["math500", "aime24"], "limit": 2,
+                 "n_samples": 2, "max_new_tokens": 8, "backend": "hf", "verify_workers": 1},
+    }}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_gpu_profile_runs_through_the_same_notebooks_on_the_cpu(tmp_path, monkeypatch, tiny_tok):
+    """`consumer-gpu`'s path (task math from a local copy, no warm start, 4-bit base + LoRA with gradient
+    checkpointing, math-verify rewards, benchmark evaluation) through the notebooks `tiny` uses: only parameters
+    differ."""
+    from entropy_rl.config import ModelConfig
+    from entropy_rl.model import BASE_POINTER, build_tiny
+
+    model_dir = tmp_path / "pretrained"  # stands for the hub model: 4-bit kernels need >= 64-wide layers
+    build_tiny(ModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128), tiny_tok).save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    root = gpu_smoke_root(tmp_path / "repo", model_dir)
+    monkeypatch.chdir(root)
+    nb = lambda n: ROOT / "notebooks" / f"{n}.ipynb"  # noqa: E731
+    r, p = "runs/gpu-smoke", {"profile": "gpu-smoke"}
+    run(nb("00_data"), f"{r}/00_data.ipynb", {**p, "out_dir": f"{r}/data"})
+    run(nb("10_sft"), f"{r}/10_sft.ipynb", {**p, "data_dir": f"{r}/data", "out_dir": f"{r}/sft"})
+    run(nb("20_rl"), f"{r}/20_rl.ipynb", {**p, "objective": "grpo", "seed": 0, "data_dir": f"{r}/data",
+                                          "sft_dir": f"{r}/sft/model", "out_dir": f"{r}/grpo-s0/train"})
+    run(nb("30_eval"), f"{r}/30_eval.ipynb", {**p, "data_dir": f"{r}/data", "base_dir": f"{r}/sft/model",
+                                              "adapter_dir": f"{r}/grpo-s0/train/adapter", "out_dir": f"{r}/grpo-s0/eval"})
+
+    out = root / r
+    summary = read_json(out / "data" / "summary.json")
+    assert summary["n"]["eval"] == 2 and set(summary["n"]) == {"rl", "eval"} and sum(summary["sources"].values()) > 5
+    assert read_json(out / "sft" / "model" / BASE_POINTER) == {"source": str(model_dir)}  # a pointer, no weights
+    assert read_json(out / "sft" / "metrics.json")["warm_start"] is False
+    config = read_json(out / "grpo-s0" / "train" / "config.json")["profile"]
+    assert config["model"]["load_in_4bit"] and config["model"]["gradient_checkpointing"]
+    assert config["rl"]["template"] == "qwen_math"
+    log = read_jsonl(out / "grpo-s0" / "train" / "log.jsonl")
+    assert len(log) == 1 and math.isfinite(log[0]["stats/entropy"]) and log[0]["stats/entropy"] > 0
+    assert not any(k.startswith("stats/tis") for k in log[0])  # hf samples from the trained module: no correction
+    metrics = read_json(out / "grpo-s0" / "eval" / "metrics.json")
+    assert set(metrics["benchmarks"]) == {"math500", "aime24"} and 0 <= metrics["pass@1"] <= 1
+
+
+def test_dvc_yaml_serves_the_gpu_profile(tmp_path):
+    """Switching profile is a parameter: with `consumer-gpu` active in params.yaml the same dvc.yaml expands to its
+    stages, each running the same notebooks with `-p profile consumer-gpu`."""
+    import shutil
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"] = {"consumer-gpu": params["more_profiles"].pop("consumer-gpu")}
+    params["rl_runs"] = {"consumer-gpu-grpo-s0": {"profile": "consumer-gpu", "objective": "grpo", "seed": 0}}
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    listed = subprocess.run(dvc + ["stage", "list", "--name-only"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
+    assert listed.returncode == 0, listed.stderr
+    names = set(listed.stdout.split())
+    assert {"data@consumer-gpu", "sft@consumer-gpu", "rl@consumer-gpu-grpo-s0", "eval@consumer-gpu-grpo-s0",
+            "eval-sft@consumer-gpu", "figures@consumer-gpu"} <= names
+    assert not any("tiny" in n for n in names)
+    lock = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert "notebooks/20_rl.ipynb" in lock["stages"]["rl"]["do"]["cmd"]  # one notebook for every profile
