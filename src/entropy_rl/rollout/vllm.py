@@ -38,7 +38,7 @@ def max_lora_rank(r: int) -> int:
     raise ValueError(f"model.lora.r: {r} exceeds vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
-def engine_kwargs(base: str, model_cfg, rollout_cfg, *, max_new_tokens: int, seed: int) -> dict:
+def engine_kwargs(base: str, model_cfg, rollout_cfg, *, seed: int) -> dict:
     """The ``vllm.LLM`` arguments for a base model and the profile's settings (a pure function, tested on the CPU)."""
     kwargs = dict(
         model=base, tokenizer=base, dtype=model_cfg.compute_dtype, seed=seed,
@@ -66,8 +66,7 @@ class VLLMRollout:
 
         self.tok, self.max_new_tokens, self.temperature, self.batch_size = tokenizer, max_new_tokens, temperature, batch_size
         self.sleep_mode, self.sleeping, self.device = rollout_cfg.sleep_mode, False, device or torch.device("cpu")
-        self.llm = LLM(**engine_kwargs(resolve_source(base_dir), model_cfg, rollout_cfg,
-                                       max_new_tokens=max_new_tokens, seed=seed))
+        self.llm = LLM(**engine_kwargs(resolve_source(base_dir), model_cfg, rollout_cfg, seed=seed))
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="entropy_rl_lora_"))
         self.lora_request, self.version, self.adapter_path = None, None, None
 
