@@ -160,7 +160,7 @@ def test_engine_kwargs_of_the_gpu_profile():
     kw = engine_kwargs("Qwen/Qwen2.5-Math-1.5B", cfg.model, cfg.rl.rollout, seed=3)
     assert kw["quantization"] == "bitsandbytes" and kw["dtype"] == "bfloat16"  # the 4-bit base, not merged
     assert kw["enable_lora"] and kw["max_loras"] == 1 and kw["max_lora_rank"] == 32
-    assert kw["enable_sleep_mode"] and kw["gpu_memory_utilization"] == 0.3 and kw["max_model_len"] == 2048
+    assert kw["enable_sleep_mode"] and kw["gpu_memory_utilization"] == 0.3 and kw["max_model_len"] == 4096
     assert kw["logprobs_mode"] == "processed_logprobs"  # log-probs after the temperature, as the trainer's
     assert kw["generation_config"] == "vllm" and kw["seed"] == 3
     tiny = load_profile(ROOT / "params.yaml", "tiny")
