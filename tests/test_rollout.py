@@ -206,3 +206,89 @@ def test_base_pointer_round_trip(tmp_path, tiny_model_dir, small_model_cfg):
     (tmp_path / "start" / BASE_POINTER).write_text("{}")
     with pytest.raises(ValueError, match="entropy_rl_base.json: expected"):
         resolve_source(tmp_path / "start")
+
+
+# ---- VLLMRollout's own logic against a stand-in engine (the real engine: benchmarks/vllm_sync_check.py) --------
+class FakeEngine:
+    """Records what VLLMRollout asks of `vllm.LLM` and answers like it: per request n completions with token ids,
+    per-token log-prob dicts and a finish reason (the token ids include the EOS it stopped at)."""
+
+    def __init__(self, eos, **kwargs):
+        self.kwargs, self.eos, self.calls = kwargs, eos, []
+
+    def generate(self, requests, params, lora_request=None, use_tqdm=True):
+        from types import SimpleNamespace as NS
+
+        self.calls.append(("generate", lora_request.lora_int_id if lora_request else None))
+        outs = []
+        for req, p in zip(requests, params):
+            comps = []
+            for j in range(p.n):
+                n_tok = 2 + (j + p.seed) % 3
+                toks = [10 + j] * n_tok + ([self.eos] if j % 2 == 0 else [])
+                toks = toks[: p.max_tokens]
+                comps.append(NS(index=j, token_ids=toks, finish_reason="stop" if j % 2 == 0 else "length",
+                                logprobs=[{t: NS(logprob=-0.1 * (k + 1))} for k, t in enumerate(toks)]))
+            outs.append(NS(outputs=comps[::-1]))  # out of order on purpose
+        return outs
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self):
+        self.calls.append(("wake",))
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tiny_tok):
+    import sys
+    import types
+    from types import SimpleNamespace as NS
+
+    engines = []
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = lambda **kw: engines.append(FakeEngine(tiny_tok.eos_token_id, **kw)) or engines[-1]
+    vllm.SamplingParams = lambda **kw: NS(**kw)
+    inputs, lora, request = (types.ModuleType(n) for n in ("vllm.inputs", "vllm.lora", "vllm.lora.request"))
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    request.LoRARequest = lambda name, lora_int_id, path: NS(lora_name=name, lora_int_id=lora_int_id, lora_path=path)
+    for name, mod in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return engines
+
+
+def test_vllm_rollout_sync_sleep_and_assembly(fake_vllm, tiny_model_dir, small_model_cfg, tmp_path):
+    from entropy_rl.rollout.vllm import VLLMRollout
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = RolloutConfig(backend="vllm", sleep_mode=True, max_model_len=64)
+    sampler = VLLMRollout(tiny_model_dir, tok, small_model_cfg, cfg, max_new_tokens=4, temperature=0.7, seed=5,
+                          work_dir=tmp_path)
+    engine = fake_vllm[0]
+    assert engine.kwargs["model"] == str(tiny_model_dir) and engine.kwargs["max_lora_rank"] == 8
+    policy = load_policy(tiny_model_dir, small_model_cfg, seed=0)
+
+    sampler.sync(policy, 0)
+    first = sampler.adapter_path
+    assert (first / "adapter_config.json").exists() and sampler.lora_request.lora_int_id == 1
+    sampler.sync(policy, 0)  # the same version: nothing saved again
+    assert sampler.adapter_path == first
+    ro = sampler.generate(["1+2=", "34+5="], n=3, seed=100)
+    assert engine.calls[-1] == ("generate", 1)
+    # completion j of prompt i: 2 + (j + seed_i) % 3 tokens, EOS appended for even j, cut at max_new_tokens = 4
+    for i, seed in enumerate((100, 101)):
+        for j in range(3):
+            n = min(2 + (j + seed) % 3 + (j % 2 == 0), 4)
+            b = i * 3 + j
+            assert int(ro.lengths[b]) == n and bool(ro.truncated[b]) == (j % 2 == 1)
+            assert ro.response_ids[b, :n].tolist()[0] == 10 + j and (ro.response_ids[b, n:] == tok.pad_token_id).all()
+            torch.testing.assert_close(ro.rollout_logp[b, :n], -0.1 * torch.arange(1, n + 1, dtype=torch.float32))
+            assert (ro.rollout_logp[b, n:] == 0).all()
+    assert ro.prompt_ids.shape[0] == 6 and ro.texts[0] == tok.decode(ro.response_ids[0], skip_special_tokens=True)
+
+    sampler.sleep(), sampler.sleep()  # once
+    sampler.sync(policy, 2)  # while asleep: only the adapter is saved
+    assert sampler.lora_request.lora_int_id == 3 and not first.exists()  # the previous adapter is removed
+    sampler.generate(["1+2="], n=1, seed=0)  # wakes first
+    assert [c[0] for c in engine.calls] == ["generate", "sleep", "wake", "generate"]
+    assert sampler.generate(["1+2="], n=2, seed=0, greedy=True).rollout_logp is None
