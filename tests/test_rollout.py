@@ -292,3 +292,14 @@ def test_vllm_rollout_sync_sleep_and_assembly(fake_vllm, tiny_model_dir, small_m
     sampler.generate(["1+2="], n=1, seed=0)  # wakes first
     assert [c[0] for c in engine.calls] == ["generate", "sleep", "wake", "generate"]
     assert sampler.generate(["1+2="], n=2, seed=0, greedy=True).rollout_logp is None
+
+
+def test_vllm_eval_backend_serves_the_adapter_without_entropies(fake_vllm, tiny_model_dir, small_model_cfg, tmp_path):
+    from entropy_rl.evaluate import load_backend
+
+    backend = load_backend("vllm", tiny_model_dir, tmp_path / "adapter", small_model_cfg, max_new_tokens=4,
+                           temperature=1.0, batch_size=32, rollout_cfg=RolloutConfig(backend="vllm"))
+    assert backend.batch_size == 32 and backend.tokenizer.eos_token == "</s>"
+    gen = backend.generate(["1+2=", "3+4="], n=2, seed=0)
+    assert fake_vllm[0].calls == [("generate", 1)]  # the saved adapter, as LoRARequest id 1
+    assert gen.entropy_sums is None and len(gen.texts) == 4 and gen.truncated == [False, True, False, True]

@@ -46,7 +46,8 @@ class Generations:
 
 
 class HFBackend:
-    """Sampling with Hugging Face ``generate``; entropies from a second, no-grad forward of the same model."""
+    """Sampling with Hugging Face ``generate`` on ``model``, or with any rollout ``sampler`` given (the RL run's or
+    the ``vllm`` backend's engine); with ``entropy``, entropies from a second, no-grad forward of ``model``."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256,
                  entropy: bool = True, sampler=None, stats_batch_size: int = 256):
@@ -55,7 +56,6 @@ class HFBackend:
         self.model, self.tokenizer, self.temperature, self.entropy = model, tokenizer, temperature, entropy
         self.stats_batch_size = stats_batch_size  # responses per no-grad forward of the entropy pass
         self.batch_size = batch_size if sampler is None else sampler.batch_size
-        # any rollout sampler (the RL run's vLLM engine, say); entropies still come from `model`
         self.sampler = sampler or HFRollout(model, tokenizer, max_new_tokens, temperature, batch_size)
 
     def generate(self, prompts: Sequence[str], n: int, seed: int, greedy: bool = False) -> Generations:
@@ -84,21 +84,11 @@ def load_hf(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, 
     return HFBackend(model, tokenizer, max_new_tokens, temperature, batch_size)
 
 
-class SamplerBackend:
-    """Any rollout sampler as an evaluation backend, without entropies (the ``vllm`` backend: no second pass)."""
-
-    def __init__(self, sampler):
-        self.sampler, self.tokenizer, self.batch_size = sampler, sampler.tok, sampler.batch_size
-
-    def generate(self, prompts: Sequence[str], n: int, seed: int, greedy: bool = False) -> Generations:
-        ro = self.sampler.generate(list(prompts), n=n, seed=seed, greedy=greedy)
-        return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], None)
-
-
 def load_vllm(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
-              temperature: float, batch_size: int, rollout_cfg=None) -> SamplerBackend:
+              temperature: float, batch_size: int, rollout_cfg=None) -> HFBackend:
     """The ``vllm`` backend for a checkpoint: an engine on the base (4-bit when ``model.load_in_4bit``) serving the
-    adapter as a ``LoRARequest``; engine settings from ``rl.rollout`` (memory share, eager mode, lengths)."""
+    adapter as a ``LoRARequest``; engine settings from ``rl.rollout`` (memory share, eager mode, lengths). No
+    entropies: there is no trainer-side model for a second pass."""
     from .config import RolloutConfig
     from .model import load_tokenizer
     from .rollout.vllm import VLLMRollout
@@ -107,7 +97,7 @@ def load_vllm(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *
                           max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     if adapter_dir:
         sampler.load_adapter(adapter_dir)
-    return SamplerBackend(sampler)
+    return HFBackend(None, sampler.tok, max_new_tokens, temperature, batch_size, entropy=False, sampler=sampler)
 
 
 BACKENDS: dict[str, Callable[..., Any]] = {"hf": load_hf, "vllm": load_vllm}
