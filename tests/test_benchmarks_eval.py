@@ -5,7 +5,7 @@ import pytest
 
 from entropy_rl import evaluate as E
 from entropy_rl import plots, report
-from entropy_rl.benchmarks import BENCHMARKS, load_benchmark
+from entropy_rl.evalsets import BENCHMARKS, load_benchmark
 from entropy_rl.io import read_jsonl, write_jsonl
 from entropy_rl.metrics import metrics_from_jsonl, metrics_from_samples
 from entropy_rl.rewards.pool import MathVerifier

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from entropy_rl.config import ConfigError, load_profile, objective_settings, read_params, resolve_objective
+from entropy_rl.config import ConfigError, load_profile, objective_settings, read_params, resolve_objective, run_matrix
 from entropy_rl.objectives import OBJECTIVES, make_objective_config
 
 from conftest import ROOT
@@ -28,52 +28,63 @@ def test_every_registered_objective_has_params_preset_and_card():
 
 
 def test_every_rl_run_names_a_profile_and_objective():
-    params = read_params(ROOT / "params.yaml")
-    for runs, prefix in (("rl_runs", "{profile}"), ("study_runs", "tiny-seeds")):
-        assert params.get(runs), runs
-        for key, run in params[runs].items():
-            assert run["profile"] in params["profiles"], key
-            method, settings = resolve_objective(ROOT / "params.yaml", run["objective"])
-            assert method in OBJECTIVES, key
+    for section in ("rl_runs", "study"):
+        runs = run_matrix(ROOT / "params.yaml", section)
+        assert runs, section
+        for profile, objective, seed in runs:
+            method, settings = resolve_objective(ROOT / "params.yaml", objective)
+            assert method in OBJECTIVES, objective
             make_objective_config(method, settings)
-            assert key == f"{prefix.format(**run)}-{run['objective']}-s{run['seed']}"
-            load_profile(ROOT / "params.yaml", run["profile"])
+            load_profile(ROOT / "params.yaml", profile)
 
 
-def test_study_reuses_default_seed0_and_covers_three_seeds():
+def test_study_covers_every_default_objective_with_three_seeds():
     params = read_params(ROOT / "params.yaml")
-    default = {(r["objective"], r["seed"]) for r in params["rl_runs"].values()}
-    study = {(r["objective"], r["seed"]) for r in params["study_runs"].values()}
-    assert not default & study  # the study adds seeds, it never reruns one
-    for obj in {o for o, _ in default | study}:
-        assert {s for o, s in default | study if o == obj} == {0, 1, 2}, obj
+    assert set(params["rl_runs"]["objectives"]) <= set(params["study"]["objectives"])
+    assert params["study"]["seeds"] == [0, 1, 2]
+    assert {"erpo", "repo_r", "adapo", "paec"} <= set(params["study"]["objectives"])
 
 
-def test_objective_variants_extend_and_override(tmp_path):
-    p = write(tmp_path, {"objectives": {"paec": {"rho": 0.8, "penalty": True},
-                                        "paec-a": {"extends": "paec", "penalty": False},
-                                        "paec-b": {"extends": "paec-a", "rho": 0.5}}})
-    assert resolve_objective(p, "paec-b") == ("paec", {"rho": 0.5, "penalty": False})
-    assert objective_settings(p, "paec-a") == {"rho": 0.8, "penalty": False}
-    assert resolve_objective(p, "paec") == ("paec", {"rho": 0.8, "penalty": True})
-    p = write(tmp_path, {"objectives": {"x": {"extends": "paek"}}})
-    with pytest.raises(ConfigError, match="unknown objective 'paek' in objectives.x.extends; objectives with"):
+def test_run_matrix_rejects_unknown_profiles_objectives_and_seeds(tmp_path):
+    base = {"profiles": {"tiny": {}}, "objectives": {"grpo": {}}}
+    p = write(tmp_path, {**base, "rl_runs": {"profiles": ["tiny"], "objectives": ["grpo"], "seeds": [0, 1]}})
+    assert run_matrix(p) == [("tiny", "grpo", 0), ("tiny", "grpo", 1)]
+    for runs, fragment in (({"profiles": ["big"], "objectives": ["grpo"], "seeds": [0]}, "profile 'big' is not an active"),
+                           ({"profiles": ["tiny"], "objectives": ["grpp"], "seeds": [0]}, "'grpp' has no entry"),
+                           ({"profiles": ["tiny"], "objectives": ["grpo"], "seeds": ["0"]}, "expected integers"),
+                           ({"profiles": ["tiny"], "objective": ["grpo"]}, "unknown key 'rl_runs.objective'")):
+        with pytest.raises(ConfigError, match=fragment):
+            run_matrix(write(tmp_path, {**base, "rl_runs": runs}))
+
+
+def test_objective_variants_name_their_method_and_state_what_differs(tmp_path):
+    p = write(tmp_path, {"objectives": {"paec": {"rho": 0.7}, "paec-a": {"method": "paec", "penalty": False}}})
+    assert resolve_objective(p, "paec-a") == ("paec", {"penalty": False})  # from paec's defaults, not its preset
+    assert objective_settings(p, "paec") == {"rho": 0.7}
+    assert resolve_objective(p, "paec") == ("paec", {"rho": 0.7})
+    # a YAML anchor shares another entry's settings, and the run depends on the merged values
+    (tmp_path / "params.yaml").write_text("objectives:\n  paec: &paec {rho: 0.7}\n"
+                                          "  paec-b: {<<: *paec, method: paec, penalty: false}\n")
+    assert resolve_objective(tmp_path / "params.yaml", "paec-b") == ("paec", {"rho": 0.7, "penalty": False})
+    with pytest.raises(ConfigError, match="unknown objective 'paek'"):
+        resolve_objective(p, "paek")
+    p = write(tmp_path, {"objectives": {"x": {"extends": "paec"}}})
+    with pytest.raises(ConfigError, match="objectives.x.extends: variants name their registry objective with `method:`"):
         resolve_objective(p, "x")
-    p = write(tmp_path, {"objectives": {"x": {"extends": "y"}, "y": {"extends": "x"}}})
-    with pytest.raises(ConfigError, match="cycle x -> y -> x"):
+    p = write(tmp_path, {"objectives": {"y": {"method": "paec"}, "x": {"method": "y"}}})
+    with pytest.raises(ConfigError, match="'y' is itself a variant"):
         resolve_objective(p, "x")
 
 
-def test_repository_variants_change_only_what_they_name():
+def test_repository_presets_state_only_what_differs_from_the_defaults():
+    """Presets in params.yaml hold only values that differ from the objective's dataclass defaults."""
     params = read_params(ROOT / "params.yaml")
     for name, entry in params["objectives"].items():
-        if "extends" not in (entry or {}):
-            continue
         method, settings = resolve_objective(ROOT / "params.yaml", name)
-        base = objective_settings(ROOT / "params.yaml", entry["extends"])
-        changed = {k for k in settings if settings[k] != base.get(k)}
-        assert changed == set(entry) - {"extends"}, name
-        make_objective_config(method, settings)
+        defaults = make_objective_config(method, {})
+        cfg = make_objective_config(method, settings)
+        same = [k for k in settings if getattr(defaults, k) == getattr(cfg, k)]
+        assert not same, f"objectives.{name}: {same} repeat the defaults of {method} (docs/objectives/{method}.md)"
 
 
 @pytest.mark.parametrize(

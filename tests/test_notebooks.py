@@ -65,7 +65,7 @@ def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
                                               "adapter_dir": f"{r}/grpo-s0/train/adapter", "out_dir": f"{r}/grpo-s0/eval"})
     run(nb("30_eval"), f"{r}/30_eval-sft.ipynb", {"profile": "smoke", "data_dir": f"{r}/data",
                                                   "base_dir": f"{r}/sft/model", "out_dir": f"{r}/sft/eval"})
-    # a variant (params.yaml `extends`) runs through the same notebook under its own name
+    # a variant (params.yaml `method:`) runs through the same notebook under its own name
     run(nb("20_rl"), f"{r}/20_rl-paec.ipynb", {"profile": "smoke", "objective": "paec-no_mask", "seed": 0,
                                                "data_dir": f"{r}/data", "sft_dir": f"{r}/sft/model",
                                                "out_dir": f"{r}/paec-no_mask-s0/train"})
@@ -142,22 +142,20 @@ def test_scrub_joins_streams_split_by_timing(tmp_path):
 
 
 def test_figures_notebook_on_the_seeds_study_layout(tmp_path, monkeypatch):
-    """The tiny-seeds layout (seed 0 of the default objectives in runs/tiny, the rest in runs/tiny-seeds): every
-    claim gets a verdict over 3 seeds and every claim figure is drawn."""
+    """The tiny-seeds layout (every run in runs/tiny-seeds, the SFT baseline from runs/tiny/sft): every claim gets a
+    verdict over 3 seeds and every claim figure is drawn."""
     from entropy_rl import report
 
     root = smoke_root(tmp_path)
     monkeypatch.chdir(root)
-    default = {r["objective"] for r in yaml.safe_load((ROOT / "params.yaml").read_text())["rl_runs"].values()}
     write_json(root / "runs/tiny/sft/eval/metrics.json", {"n_samples": 8, "pass@1": 0.3, "pass@8": 0.6, "maj@8": 0.4})
-    objectives = sorted({o for _, objs, _, _ in report.CLAIM_FIGURES.values() for o in objs})
+    objectives = sorted({o for name in report.CLAIM_FIGURES for o in report.figure_objectives(name)})
     for i, obj in enumerate(objectives):
         for seed in range(3):
-            where = "runs/tiny" if seed == 0 and obj in default else "runs/tiny-seeds"
-            fake_run(root / where, f"{obj}-s{seed}", (0.2, 0.02 * (i + 1) + 0.001 * seed),
+            fake_run(root / "runs/tiny-seeds", f"{obj}-s{seed}", (0.2, 0.02 * (i + 1) + 0.001 * seed),
                      {"pass@1": 0.5 + 0.01 * i, "pass@8": 0.9, "maj@8": 0.6 + 0.01 * i + 0.002 * seed})
     run(ROOT / "notebooks" / "40_figures.ipynb", "reports/s/40_figures.ipynb",
-        {"profile": "smoke", "runs_dir": ["runs/tiny", "runs/tiny-seeds"], "out_dir": "reports/s"})
+        {"profile": "smoke", "runs_dir": "runs/tiny-seeds", "baseline_dir": "runs/tiny/sft", "out_dir": "reports/s"})
     figures = sorted(p.name for p in (root / "reports/s/figures").glob("claim_*.png"))
     assert figures == sorted(f"claim_{name}.png" for name in report.CLAIM_FIGURES)
     summary = read_json(root / "reports/s/summary.json")
@@ -165,6 +163,8 @@ def test_figures_notebook_on_the_seeds_study_layout(tmp_path, monkeypatch):
     assert all(c["seeds"] == 3 and "1 seed" not in c["verdict"] for c in summary["claims"])
     assert {o["objective"]: o["seeds"] for o in summary["objectives"]} == {o: 3 for o in objectives}
     assert "| paec |" in (root / "reports/s/objectives.md").read_text()
+    results = (root / "reports/s/results.md").read_text()
+    assert "| `paec` | 3 |" in results and results.count("**") == 2 * len(report.CLAIMS)
 
 
 def gpu_smoke_root(path, model_dir):
@@ -232,7 +232,7 @@ def test_dvc_yaml_serves_the_gpu_profile(tmp_path):
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profiles"] = {"consumer-gpu": params["more_profiles"].pop("consumer-gpu")}
-    params["rl_runs"] = {"consumer-gpu-grpo-s0": {"profile": "consumer-gpu", "objective": "grpo", "seed": 0}}
+    params["rl_runs"] = {"profiles": ["consumer-gpu"], "objectives": ["grpo"], "seeds": [0]}
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
@@ -243,8 +243,8 @@ def test_dvc_yaml_serves_the_gpu_profile(tmp_path):
                             env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
     assert listed.returncode == 0, listed.stderr
     names = set(listed.stdout.split())
-    assert {"data@consumer-gpu", "sft@consumer-gpu", "rl@consumer-gpu-grpo-s0", "eval@consumer-gpu-grpo-s0",
+    assert {"data@consumer-gpu", "sft@consumer-gpu", "rl@consumer-gpu-grpo-0", "eval@consumer-gpu-grpo-0",
             "eval-sft@consumer-gpu", "figures@consumer-gpu"} <= names
     assert not any("tiny" in n for n in names)
     lock = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert "notebooks/20_rl.ipynb" in lock["stages"]["rl"]["do"]["cmd"]  # one notebook for every profile
+    assert "notebooks/20_rl.ipynb" in lock["stages"]["rl"]["cmd"]  # one notebook for every profile

@@ -11,7 +11,7 @@ from entropy_rl.config import ConfigError, RLConfig
 from entropy_rl.objectives import RLBatch, get_objective, make_objective_config
 from entropy_rl.rollout import Rollouts
 from entropy_rl.token_stats import TokenStats
-from entropy_rl.train import concat_rollouts, sample_groups, shaped_rewards
+from entropy_rl.rl import concat_rollouts, sample_groups, shaped_rewards
 
 
 def run_obj(name, logp, old, adv, mask, ref=None, l_max=None, state=None, **cfg):

@@ -13,7 +13,7 @@ from entropy_rl.objectives import (init_controller_state, make_objective_config,
                                    update_controller_state)
 from entropy_rl.objectives.repo import repo_advantage
 from entropy_rl.token_stats import TokenStats
-from entropy_rl.train import logprob_precision
+from entropy_rl.rl import logprob_precision
 
 
 def case(seed=0, B=4, T=6, dtype=torch.float64):

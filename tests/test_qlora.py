@@ -12,7 +12,7 @@ from entropy_rl.data import arithmetic_splits  # noqa: E402
 from entropy_rl.model import build_tiny, keep_cpu_4bit_trainable, load_base, load_policy, save_adapter  # noqa: E402
 from entropy_rl.objectives import make_objective_config  # noqa: E402
 from entropy_rl.rollout import HFRollout  # noqa: E402
-from entropy_rl.train import RLRun, rl_step  # noqa: E402
+from entropy_rl.rl import RLRun, rl_step  # noqa: E402
 
 # bitsandbytes' CPU 4-bit kernels need layers wider than the 32-wide test model
 CFG = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, lora=LoraConfig(r=4, alpha=8),

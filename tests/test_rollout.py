@@ -14,7 +14,7 @@ from entropy_rl.policy import frozen_stats
 from entropy_rl.rollout import HFRollout, Rollouts, finish_rollouts, make_sampler, tis_weights
 from entropy_rl.rollout.vllm import engine_kwargs, max_lora_rank
 from entropy_rl.token_stats import TokenStats
-from entropy_rl.train import RLRun, rl_step, use_tis
+from entropy_rl.rl import RLRun, rl_step, use_tis
 
 from conftest import ROOT
 

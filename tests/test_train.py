@@ -10,7 +10,7 @@ from entropy_rl.config import DataConfig
 from entropy_rl.model import load_policy, load_tokenizer
 from entropy_rl.objectives import make_objective_config
 from entropy_rl.rewards import arithmetic_reward
-from entropy_rl.train import RLRun, _resume_key, load_checkpoint, rl_step, save_checkpoint, train_rl
+from entropy_rl.rl import RLRun, _resume_key, load_checkpoint, rl_step, save_checkpoint, train_rl
 
 RL = dict(prompts_per_step=4, group_size=4, max_new_tokens=8, minibatches=2, eval_every=2, eval_prompts=4,
           checkpoint_every=2, lr=1e-2)

@@ -19,23 +19,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+from .registry import Registry, registry
+
+ADVANTAGES: Registry[Callable[..., Tensor]] = registry("advantage estimator")
+"""``advantage`` of an objective's settings: name -> ``fn(rewards [B], group_size) -> [B]``"""
 
 
 def register_advantage(name: str):
-    def deco(fn):
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage estimator '{name}' registered twice")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register an estimator ``fn(rewards, group_size) -> advantages`` under ``name``."""
+    return ADVANTAGES.register(name)
 
 
 def get_advantage(name: str) -> Callable[..., Tensor]:
-    if name not in ADVANTAGES:
-        raise KeyError(f"unknown advantage estimator '{name}'; valid: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+    return ADVANTAGES.get(name)
 
 
 def _groups(rewards: Tensor, group_size: int) -> Tensor:

@@ -29,6 +29,24 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The names params.yaml accepts. The module that owns each registry registers exactly these (a name it registers
+# that is not declared here raises; a test checks that every declared name is registered).
+# ----------------------------------------------------------------------------------------------------------
+TASKS = ("arithmetic", "math")
+"""`data.task`: entropy_rl.data.TASKS"""
+TRAIN_SOURCES = ("math_l3_5", "gsm8k", "dapo17k")
+"""`data.sources`: entropy_rl.data.TRAIN_SOURCES"""
+TEMPLATES = ("boxed", "qwen_math", "plain")
+"""`rl.template`, `eval.template`: entropy_rl.prompts.TEMPLATES"""
+BACKENDS = ("hf", "vllm")
+"""`rl.rollout.backend`, `eval.backend`: entropy_rl.rollout.BACKENDS (one registry for training and evaluation)"""
+EVAL_SETS = ("gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "olympiadbench")
+"""`eval.benchmarks`: entropy_rl.evalsets.EVAL_SETS"""
+OPTIMIZERS = ("adamw", "paged_adamw_8bit")
+"""`rl.optimizer`"""
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Strict dataclass construction
 # ----------------------------------------------------------------------------------------------------------
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -156,9 +174,7 @@ class DataConfig:
     """where task `math` reads them: `hub`, or a directory with `math/`, `gsm8k/`, `dapo_math_17k/train.jsonl`"""
 
     def __post_init__(self):
-        from .data import TRAIN_SOURCES
-
-        choice("data.task", self.task, ["arithmetic", "math"])
+        choice("data.task", self.task, TASKS)
         for op in self.ops:
             choice("data.ops", op, ["+", "-", "*"])
         if not 1 <= self.digits <= 6:
@@ -262,8 +278,6 @@ class RolloutConfig:
     """vllm: sequences decoded at once (0 = vLLM's default)"""
 
     def __post_init__(self):
-        from .rollout import BACKENDS
-
         choice("rl.rollout.backend", self.backend, BACKENDS)
         choice("rl.rollout.tis", self.tis, ["auto", "on", "off"])
         if self.tis_cap < 1:
@@ -272,9 +286,6 @@ class RolloutConfig:
             raise ConfigError(f"rl.rollout.gpu_memory_utilization: must be in (0, 1), got {self.gpu_memory_utilization}")
         positive("rl.rollout.max_model_len", self.max_model_len, allow_zero=True)
         positive("rl.rollout.max_num_seqs", self.max_num_seqs, allow_zero=True)
-
-
-OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 
 
 @dataclass(frozen=True)
@@ -311,15 +322,13 @@ class RLConfig:
     (up to float rounding)"""
     template: str = "plain"
     """prompt template of the RL prompts and the in-training curve (`plain`: the problem as is, the synthetic task;
-    `qwen_math`, `boxed`: see entropy_rl.benchmarks.TEMPLATES)"""
+    `qwen_math`, `boxed`: see entropy_rl.prompts.TEMPLATES)"""
     optimizer: str = "adamw"
     """`adamw` (torch) or `paged_adamw_8bit` (bitsandbytes: 8-bit states in paged memory; needs a GPU)"""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """the rollout backend and its settings"""
 
     def __post_init__(self):
-        from .benchmarks import TEMPLATES
-
         choice("rl.optimizer", self.optimizer, OPTIMIZERS)
         choice("rl.template", self.template, TEMPLATES)
         for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "micro_batches",
@@ -361,22 +370,19 @@ class EvalConfig:
     limit: int = 0
     """first N problems of each benchmark (0 = all)"""
     template: str = "boxed"
-    """prompt template of the benchmarks (`boxed`, `qwen_math`, `plain`; see entropy_rl.benchmarks)"""
+    """prompt template of the benchmarks (`boxed`, `qwen_math`, `plain`; see entropy_rl.prompts)"""
     backend: str = "hf"
-    """sampling backend (entropy_rl.evaluate.BACKENDS)"""
+    """sampling backend (`hf`, `vllm`: entropy_rl.rollout.BACKENDS, the same registry as rl.rollout.backend)"""
     verify_timeout: float = 10.0
     """seconds math-verify may spend on one response (in a worker process) before it counts as incorrect"""
     verify_workers: int = 0
     """math-verify worker processes (0 = one per core)"""
 
     def __post_init__(self):
-        from .benchmarks import BENCHMARKS, TEMPLATES
-        from .evaluate import BACKENDS
-
         positive("eval.n_samples", self.n_samples)
         positive("eval.temperature", self.temperature)
         for b in self.benchmarks:
-            choice("eval.benchmarks", b, BENCHMARKS)
+            choice("eval.benchmarks", b, EVAL_SETS)
         choice("eval.template", self.template, TEMPLATES)
         choice("eval.backend", self.backend, BACKENDS)
         positive("eval.limit", self.limit, allow_zero=True)
@@ -414,7 +420,7 @@ def read_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(f) or {}
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "study_runs"}
+    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "study"}
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}")
@@ -461,28 +467,63 @@ def load_profile(path: str | Path = "params.yaml", name: str = "tiny", overrides
 def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
     """``(method, settings)`` of ``objectives.<objective>`` in params.yaml.
 
-    An entry is either a registry objective's settings, or a *variant* (an ablation, another precision) that
-    ``extends`` another entry and overrides some of its keys: ``paec-no_penalty: {extends: paec, penalty: false}``.
-    ``method`` is the registry name at the root of the chain; the settings are validated by its own config."""
+    An entry holds the settings of a registry objective that differ from its defaults (``grpo: {}`` = the paper's
+    defaults), or is a *variant* (an ablation, another precision) that names its registry objective with ``method``
+    and states what differs from that objective's defaults: ``paec-no_penalty: {method: paec, penalty: false}``.
+    The settings are validated by the method's own config (``objectives.make_objective_config``)."""
     objectives = read_params(path).get("objectives") or {}
-    chain: list[str] = []
-    name, merged = objective, {}
-    while True:
-        if name not in objectives:
-            where = f"objectives.{chain[-1]}.extends" if chain else "params.yaml"
-            raise ConfigError(f"unknown objective '{name}' in {where}; objectives with settings: "
-                              f"{', '.join(sorted(objectives))}")
-        if name in chain:
-            raise ConfigError(f"objectives.{objective}.extends: cycle {' -> '.join(chain + [name])}")
-        chain.append(name)
-        entry = dict(objectives[name] or {})
-        base = entry.pop("extends", None)
-        merged = {**entry, **merged}
-        if base is None:
-            return name, merged
-        name = base
+    if objective not in objectives:
+        raise ConfigError(f"unknown objective '{objective}' in {path}; objectives with settings: "
+                          f"{', '.join(sorted(objectives))}")
+    entry = objectives[objective]
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"objectives.{objective}: expected a mapping of settings, got {entry!r}")
+    entry = dict(entry)
+    method = entry.pop("method", objective)
+    if not isinstance(method, str):
+        raise ConfigError(f"objectives.{objective}.method: expected the name of a registry objective, got {method!r}")
+    if "extends" in entry:
+        raise ConfigError(f"objectives.{objective}.extends: variants name their registry objective with `method:` "
+                          "and state what differs from its defaults; to reuse another entry's settings, merge it "
+                          "with a YAML anchor (`<<: *name`)")
+    if method != objective and method in objectives and objectives[method] and "method" in (objectives[method] or {}):
+        raise ConfigError(f"objectives.{objective}.method: '{method}' is itself a variant; name its registry "
+                          f"objective ('{objectives[method]['method']}')")
+    return method, entry
 
 
 def objective_settings(path: str | Path, objective: str) -> dict:
-    """The settings of ``objectives.<objective>``, with the keys of any entry it ``extends`` filled in."""
+    """The settings of ``objectives.<objective>`` (without ``method``)."""
     return resolve_objective(path, objective)[1]
+
+
+def run_matrix(path: str | Path = "params.yaml", section: str = "rl_runs") -> list[tuple[str, str, int]]:
+    """The ``(profile, objective, seed)`` runs of ``rl_runs`` (or of ``study``, whose profile is one), validated:
+    active profiles, objectives with an entry under ``objectives``, integer seeds."""
+    params = read_params(path)
+    runs = params.get(section)
+    if not isinstance(runs, dict):
+        raise ConfigError(f"{path}: `{section}` must be a mapping with objectives and seeds")
+    keys = {"rl_runs": {"profiles", "objectives", "seeds"}, "study": {"profile", "objectives", "seeds"}}[section]
+    unknown = sorted(set(runs) - keys)
+    if unknown:
+        raise ConfigError(f"unknown key '{section}.{unknown[0]}'; valid keys: {', '.join(sorted(keys))}")
+    profiles = runs.get("profiles") if section == "rl_runs" else [runs.get("profile")]
+    every = {**(params.get("more_profiles") or {}), **(params.get("profiles") or {})}
+    valid_profiles = params.get("profiles") or {} if section == "rl_runs" else every
+    for p in profiles or []:
+        if p not in valid_profiles:
+            raise ConfigError(f"{section}: profile '{p}' is not {'an active profile' if section == 'rl_runs' else 'a profile'}; "
+                              f"valid: {', '.join(sorted(valid_profiles))}")
+    objectives = params.get("objectives") or {}
+    for o in runs.get("objectives") or []:
+        if o not in objectives:
+            raise ConfigError(f"{section}.objectives: '{o}' has no entry under `objectives`; valid: "
+                              f"{', '.join(sorted(objectives))}")
+    seeds = runs.get("seeds") or []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"{section}.seeds: expected integers >= 0, got {s!r}")
+    return [(p, o, s) for p in profiles or [] for o in runs.get("objectives") or [] for s in seeds]

@@ -19,7 +19,10 @@ from typing import Callable
 
 import yaml
 
+from .config import TASKS as DECLARED_TASKS
+from .config import TRAIN_SOURCES as DECLARED_TRAIN_SOURCES
 from .config import DataConfig
+from .registry import Registry, registry
 from .rewards import extract_boxed
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,9 +221,14 @@ def _math_row(row: dict) -> tuple[str, str] | None:
     return (row["problem"].strip(), answer.strip()) if answer and answer.strip() else None
 
 
-def _gsm8k_row(row: dict) -> tuple[str, str]:
-    from .benchmarks import gsm8k_answer  # lazy: benchmarks imports this module
+def gsm8k_answer(rationale: str) -> str:
+    """The number after ``####`` in a GSM8K rationale, without thousands separators (``"1,600"`` → ``"1600"``)."""
+    if "####" not in rationale:
+        raise ValueError(f"GSM8K answer without '####': {rationale[-80:]!r}")
+    return rationale.rsplit("####", 1)[1].strip().replace(",", "")
 
+
+def _gsm8k_row(row: dict) -> tuple[str, str]:
     return row["question"].strip(), gsm8k_answer(row["answer"])
 
 
@@ -248,13 +256,16 @@ class TrainSource:
     """one raw row → ``(problem, answer)``, or None to leave it out"""
 
 
-TRAIN_SOURCES: dict[str, TrainSource] = {s.name: s for s in [
+TRAIN_SOURCES: Registry[TrainSource] = registry("training source", DECLARED_TRAIN_SOURCES,
+                                                "entropy_rl.config.TRAIN_SOURCES")
+for _s in [
     TrainSource("math_l3_5", "MATH (levels 3–5)", "math/train.jsonl",
                 ("DigitalLearningGmbH/MATH-lighteval", "default", "train"), _math_row),
     TrainSource("gsm8k", "GSM8K", "gsm8k/train.jsonl", HUB_SOURCES["gsm8k/train.jsonl"], _gsm8k_row),
     TrainSource("dapo17k", "DAPO-Math-17k", "dapo_math_17k/train.jsonl",
                 ("BytedTsinghua-SIA/DAPO-Math-17k", None, "train"), _dapo_row),
-]}
+]:
+    TRAIN_SOURCES.register(_s.name, _s)
 
 
 def _problem_key(problem: str) -> str:
@@ -264,9 +275,7 @@ def _problem_key(problem: str) -> str:
 def load_train_source(name: str, source: str | Path) -> list[dict]:
     """Normalized records of training set ``name`` from ``source`` (``"hub"`` or a local directory laid out as
     ``<dir>/<TrainSource.file>``), in file order, each problem once; ids are ``<name>-<raw row index>``."""
-    if name not in TRAIN_SOURCES:
-        raise KeyError(f"unknown training source '{name}'; valid: {', '.join(TRAIN_SOURCES)}")
-    src = TRAIN_SOURCES[name]
+    src = TRAIN_SOURCES.get(name)
     layout = ", ".join(f"{s.file} ({s.name})" for s in TRAIN_SOURCES.values())
     rows = read_dataset(source, src.hub, src.file,
                         f"{name}: {{path}} not found; data.source is 'hub' or a directory with {layout}")
@@ -296,6 +305,28 @@ def math_train_rows(cfg: DataConfig) -> dict[str, list[dict]]:
     random.Random(cfg.seed).shuffle(pool)
     rest = pool[cfg.n_eval :]
     return {"rl": rest[: cfg.n_rl] if cfg.n_rl else rest, "eval": pool[: cfg.n_eval]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks: what `data.task` names (the splits and the reward that scores them)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    name: str
+    splits: Callable[[DataConfig], dict[str, list[dict]]]
+    """the task's splits from the profile's data settings (`sft` only for tasks with a warm start)"""
+    reward: str
+    """the reward that scores its answers (entropy_rl.rewards.REWARDS)"""
+
+
+TASKS: Registry[Task] = registry("task", DECLARED_TASKS, "entropy_rl.config.TASKS")
+TASKS.register("arithmetic", Task("arithmetic", arithmetic_splits, "arithmetic"))
+TASKS.register("math", Task("math", math_train_rows, "math"))
+
+
+def task_splits(cfg: DataConfig) -> dict[str, list[dict]]:
+    """The splits of the profile's task (``data.task``)."""
+    return TASKS.get(cfg.task).splits(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

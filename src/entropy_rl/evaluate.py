@@ -2,14 +2,15 @@
 
 Three parts, each replaceable by name:
 
-* **backend** (:data:`BACKENDS`, :func:`register_backend`): loads a checkpoint (a base model plus an optional
-  LoRA adapter) and samples; ``generate(prompts, n, seed, greedy) -> Generations`` (texts, token lengths,
-  truncation flags, and per-response entropy sums when it can compute them). ``hf`` is Hugging Face
-  ``generate`` (:class:`~entropy_rl.rollout.HFRollout`) with entropies from the same model
+* **backend**: a sampler of the one backend registry :data:`entropy_rl.rollout.BACKENDS` (the same names as
+  training's ``rl.rollout.backend``), built from a checkpoint (a base model plus an optional LoRA adapter) and
+  wrapped in :class:`HFBackend`: ``generate(prompts, n, seed, greedy) -> Generations`` (texts, token lengths,
+  truncation flags, and per-response entropy sums when it can compute them). ``hf`` is Hugging Face ``generate``
+  (:class:`~entropy_rl.rollout.HFRollout`) with entropies from the same model
   (:func:`~entropy_rl.policy.frozen_stats`); ``vllm`` is a vLLM engine serving the adapter as a ``LoRARequest``
   (:class:`~entropy_rl.rollout.vllm.VLLMRollout`; no entropies).
 * **task** (:class:`EvalTask`): normalized records (``{id, problem, answer, source}``), a prompt template
-  (:data:`entropy_rl.benchmarks.TEMPLATES`) and a reward: the tiny profile's held-out split
+  (:data:`entropy_rl.prompts.TEMPLATES`) and a reward: the tiny profile's held-out split
   (:func:`arithmetic_task`), or the math benchmarks (:func:`benchmark_tasks`).
 * **scorer**: ``score_groups([(gold, [responses])]) -> [[{correct, answer, vote, status}]]``.
   ``math`` uses :class:`~entropy_rl.rewards.pool.MathVerifier` (math-verify in worker processes with a
@@ -20,14 +21,23 @@ recompute every metric offline.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .benchmarks import build_prompt, load_benchmark
+import pandas as pd
+
+from .config import RolloutConfig
+from .evalsets import EVAL_SETS, load_benchmark
+from .io import read_jsonl, write_json, write_jsonl
 from .metrics import summarize_benchmarks
+from .policy import frozen_stats
 from .progress import progress
-from .rewards import arithmetic_vote_key, get_reward, math_reward
+from .prompts import build_prompt
+from .rewards import arithmetic_vote_key, extract_boxed, get_reward, math_reward
+from .rewards.pool import MathVerifier, default_verifier
+from .rollout import BACKENDS, HFRollout
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,16 +61,12 @@ class HFBackend:
 
     def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256,
                  entropy: bool = True, sampler=None, stats_batch_size: int = 256):
-        from .rollout import HFRollout
-
         self.model, self.tokenizer, self.temperature, self.entropy = model, tokenizer, temperature, entropy
         self.stats_batch_size = stats_batch_size  # responses per no-grad forward of the entropy pass
         self.batch_size = batch_size if sampler is None else sampler.batch_size
         self.sampler = sampler or HFRollout(model, tokenizer, max_new_tokens, temperature, batch_size)
 
     def generate(self, prompts: Sequence[str], n: int, seed: int, greedy: bool = False) -> Generations:
-        from .policy import frozen_stats
-
         ro = self.sampler.generate(list(prompts), n=n, seed=seed, greedy=greedy)
         sums = None
         if self.entropy:
@@ -69,56 +75,15 @@ class HFBackend:
         return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], sums)
 
 
-def load_hf(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
-            temperature: float, batch_size: int, rollout_cfg=None) -> HFBackend:
-    """The ``hf`` backend for a checkpoint: ``model.load_base`` (+ the PEFT adapter when given), eval mode."""
-    from .model import load_base, load_tokenizer
-
-    tokenizer = load_tokenizer(base_dir)
-    model = load_base(base_dir, model_cfg)
-    if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model.eval()
-    return HFBackend(model, tokenizer, max_new_tokens, temperature, batch_size)
-
-
-def load_vllm(base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
-              temperature: float, batch_size: int, rollout_cfg=None) -> HFBackend:
-    """The ``vllm`` backend for a checkpoint: an engine on the base (4-bit when ``model.load_in_4bit``) serving the
-    adapter as a ``LoRARequest``; engine settings from ``rl.rollout`` (memory share, eager mode, lengths). No
-    entropies: there is no trainer-side model for a second pass."""
-    from .config import RolloutConfig
-    from .model import load_tokenizer
-    from .rollout.vllm import VLLMRollout
-
-    sampler = VLLMRollout(base_dir, load_tokenizer(base_dir), model_cfg, rollout_cfg or RolloutConfig(),
-                          max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
-    if adapter_dir:
-        sampler.load_adapter(adapter_dir)
-    return HFBackend(None, sampler.tok, max_new_tokens, temperature, batch_size, entropy=False, sampler=sampler)
-
-
-BACKENDS: dict[str, Callable[..., Any]] = {"hf": load_hf, "vllm": load_vllm}
-"""name -> loader ``(base_dir, adapter_dir, model_cfg, *, max_new_tokens, temperature, batch_size, rollout_cfg)``
-returning an object with ``tokenizer``, ``batch_size`` and ``generate(prompts, n, seed, greedy) -> Generations``"""
-
-
-def register_backend(name: str):
-    """Decorator adding a backend loader under ``name`` (a duplicate name raises)."""
-    def deco(loader):
-        if name in BACKENDS:
-            raise ValueError(f"backend '{name}' is already registered")
-        BACKENDS[name] = loader
-        return loader
-    return deco
-
-
-def load_backend(name: str, base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, **sampling):
-    if name not in BACKENDS:
-        raise KeyError(f"unknown backend '{name}'; valid: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](base_dir, adapter_dir or None, model_cfg, **sampling)
+def load_backend(name: str, base_dir: str | Path, adapter_dir: str | Path | None, model_cfg, *, max_new_tokens: int,
+                 temperature: float, batch_size: int, rollout_cfg: RolloutConfig | None = None) -> HFBackend:
+    """The evaluation backend ``name`` (:data:`entropy_rl.rollout.BACKENDS`) for a checkpoint: its sampler, and
+    entropies from the checkpoint's model when the backend has one."""
+    sampler, model = BACKENDS.get(name).for_checkpoint(
+        base_dir, adapter_dir or None, model_cfg, rollout_cfg or RolloutConfig(), max_new_tokens=max_new_tokens,
+        temperature=temperature, batch_size=batch_size)
+    return HFBackend(model, sampler.tok, max_new_tokens, temperature, batch_size, entropy=model is not None,
+                     sampler=sampler)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,8 +97,6 @@ class RewardScorer:
         self.reward_fn, self.vote_key = reward_fn, vote_key
 
     def score_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[dict]]:
-        from .rewards import extract_boxed
-
         return [[{"correct": bool(self.reward_fn(r, gold)), "answer": extract_boxed(r), "vote": self.vote_key(r),
                   "status": "ok"} for r in responses] for gold, responses in groups]
 
@@ -142,8 +105,6 @@ def make_scorer(reward: str | Callable[[str, str], float]):
     """The scorer for a reward name or function: ``math`` → the pooled math-verify scorer, else in-process."""
     fn = get_reward(reward) if isinstance(reward, str) else reward
     if fn is math_reward:
-        from .rewards.pool import default_verifier
-
         return default_verifier()
     return RewardScorer(fn)
 
@@ -155,7 +116,7 @@ class EvalTask:
     records: list[dict]
     """normalized records ``{id, problem, answer, source}``"""
     template: str = "boxed"
-    """prompt template (``entropy_rl.benchmarks.TEMPLATES``)"""
+    """prompt template (``entropy_rl.prompts.TEMPLATES``)"""
     reward: str = "math"
     """reward name (``entropy_rl.rewards.REWARDS``), or give ``scorer``"""
     scorer: Any = field(default=None, repr=False)
@@ -176,8 +137,6 @@ def benchmark_tasks(names: Sequence[str], source: str | Path, limit: int | None 
 def profile_tasks(cfg, data_dir: str | Path) -> list[EvalTask]:
     """What a profile evaluates: ``eval.benchmarks`` when given, else its own held-out split
     (``<data_dir>/eval.jsonl``, scored by the reward of ``data.task``)."""
-    from .io import read_jsonl
-
     ev = cfg.eval
     if ev.benchmarks:
         return benchmark_tasks(ev.benchmarks, ev.data_source, ev.limit or None, ev.template)
@@ -247,8 +206,6 @@ def evaluate_profile(backend, tasks: Sequence[EvalTask], ev, show_progress: bool
     """:func:`evaluate_tasks` with a profile's ``eval`` settings (``n_samples``, ``seed``); math tasks without a
     scorer share one :class:`~entropy_rl.rewards.pool.MathVerifier` with ``verify_workers`` processes and
     ``verify_timeout`` seconds per response, closed at the end."""
-    from .rewards.pool import MathVerifier
-
     verifier = None
     if any(t.scorer is None and t.reward == "math" for t in tasks):
         verifier = MathVerifier(workers=ev.verify_workers or None, timeout=ev.verify_timeout)
@@ -272,10 +229,50 @@ def evaluate_checkpoint(base_dir: str | Path, adapter_dir: str | Path | None, cf
                         out_dir: str | Path | None = None, show_progress: bool = True) -> tuple[list[dict], dict]:
     """Evaluate a checkpoint (any backend) with the profile's ``eval`` settings; with ``out_dir``, write
     ``samples.jsonl`` and ``metrics.json`` there."""
-    from .io import write_json, write_jsonl
-
     rows, metrics = evaluate_profile(profile_backend(cfg, base_dir, adapter_dir), tasks, cfg.eval, show_progress)
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "samples.jsonl", rows)
         write_json(Path(out_dir) / "metrics.json", metrics)
     return rows, metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The PAEC table layout
+# ----------------------------------------------------------------------------------------------------------
+_RUN = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
+
+
+def method_of(model: str) -> str:
+    """``grpo-s0`` → ``grpo``; other names (``sft``) unchanged."""
+    m = _RUN.match(model)
+    return m.group("objective") if m else model
+
+
+def maj_table(eval_metrics: dict[str, dict], k: int | None = None, benchmarks: list[str] | None = None,
+              metric: str = "maj", percent: bool = True) -> pd.DataFrame:
+    """The PAEC layout (docs/methods.md §3(d)): one row per method, one column per benchmark, then ``Avg.`` (the
+    macro average over those benchmarks), values ``maj@k`` in percent.
+
+    Runs of one method with several seeds are averaged (the ``seeds`` column counts them). ``k`` defaults to the
+    largest k every model has; ``metric="pass"`` or ``"avg"`` gives the same layout for pass@k or avg@k."""
+    per_model = {name: (m.get("benchmarks") or {"all": m}) for name, m in eval_metrics.items()}
+    names = benchmarks or list(next(iter(per_model.values())))
+    if k is None:
+        k = min(int(m[b]["n_samples"]) for m in per_model.values() for b in names)
+    key = f"{metric}@{k}"
+    rows: dict[str, list[dict]] = {}
+    for model, per_bench in per_model.items():
+        missing = [b for b in names if key not in per_bench.get(b, {})]
+        if missing:
+            raise KeyError(f"{model}: no {key} for {', '.join(missing)}")
+        rows.setdefault(method_of(model), []).append({b: per_bench[b][key] for b in names})
+    scale = 100.0 if percent else 1.0
+    table = pd.DataFrame({
+        method: {**{b: scale * sum(r[b] for r in runs) / len(runs) for b in names}, "seeds": len(runs)}
+        for method, runs in rows.items()
+    }).T
+    table["Avg."] = table[names].mean(axis=1)
+    table = table.rename(columns={b: EVAL_SETS[b].title if b in EVAL_SETS else b for b in names})
+    table.index.name = f"{key}{' (%)' if percent else ''}"
+    table["seeds"] = table["seeds"].astype(int)
+    return table[[c for c in table.columns if c != "seeds"] + ["seeds"]]

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .io import read_jsonl
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct."""
@@ -132,6 +134,19 @@ def metrics_from_samples(rows: Sequence[dict], ks: Sequence[int] | None = None) 
 
 def metrics_from_jsonl(path, ks: Sequence[int] | None = None) -> dict:
     """:func:`metrics_from_samples` of a ``samples.jsonl`` file."""
-    from .io import read_jsonl
-
     return metrics_from_samples(read_jsonl(path), ks)
+
+
+EVAL_METRICS = {
+    "pass@k": "unbiased pass@k (Chen et al., 2021) from `eval.n_samples` samples per prompt, for every k ≤ n; per "
+              "benchmark under `benchmarks`, macro-averaged at the top level",
+    "avg@n": "mean correctness of all n samples (= `pass@1`)",
+    "maj@k": "majority vote over the first k samples: answers are grouped into classes of equivalent answers "
+             "(normalized integers for arithmetic, math-verify equivalence for maths); no-answer samples do not vote; "
+             "ties go to the class seen first; the winning class is judged by its first sample",
+    "mean_length": "mean response length over all evaluation samples (tokens, including EOS)",
+    "truncation_rate": "share of evaluation samples that hit the length cap without EOS",
+    "mean_token_entropy": "token-weighted mean entropy of the evaluation responses (nats)",
+    "greedy_accuracy": "(SFT only) accuracy of greedy decoding",
+}
+"""the glossary of the evaluation metrics (`.../eval/metrics.json`)"""

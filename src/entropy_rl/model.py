@@ -5,6 +5,7 @@ RL and evaluation load it with the same ``from_pretrained`` / PEFT code path as 
 """
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .config import ModelConfig
+from .io import atomic_dir
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
@@ -61,10 +63,6 @@ BASE_POINTER = "entropy_rl_base.json"
 def write_base_pointer(path: str | Path, source: str) -> Path:
     """Make ``path`` a *pointer* to the pretrained model ``source`` (a hub id or a local directory): the starting
     policy of a profile that has no warm start (``sft.steps: 0``), without a multi-GB copy of its weights."""
-    import json
-
-    from .notebooks import atomic_dir
-
     with atomic_dir(path) as tmp:
         (Path(tmp) / BASE_POINTER).write_text(json.dumps({"source": source}, indent=2) + "\n")
     return Path(path)
@@ -162,6 +160,17 @@ def load_policy(base_dir: str | Path, cfg: ModelConfig, adapter_dir: str | Path 
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
+def load_checkpoint_model(base_dir: str | Path, adapter_dir: str | Path | None, cfg: ModelConfig):
+    """A trained checkpoint for evaluation: the base (``load_base``) plus the PEFT adapter when given, in eval mode."""
+    model = load_base(base_dir, cfg)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model
+
+
 def count_params(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -172,10 +181,6 @@ def count_params(model) -> tuple[int, int]:
 def save_adapter(policy, path: str | Path) -> Path:
     """Save the LoRA adapter atomically in PEFT format, with a byte-stable ``adapter_config.json``
     (PEFT keeps ``target_modules`` as a set, whose order changes from process to process)."""
-    import json
-
-    from .notebooks import atomic_dir
-
     with atomic_dir(path) as tmp:
         policy.save_pretrained(tmp)
         cfg_path = Path(tmp) / "adapter_config.json"

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from .io import write_text
+from .progress import quiet_libraries
+from .io import atomic_dir, write_text  # noqa: F401  (atomic_dir: for the notebooks)
 
 _TIMING_KEYS = ("start_time", "end_time", "duration", "exception")
 
@@ -37,30 +36,10 @@ def find_root(start: str | Path | None = None) -> Path:
 def enter_root() -> Path:
     """chdir to the repository root (notebooks use paths relative to it, under papermill and in Jupyter), and
     quiet the libraries' own progress bars when ours go to the terminal."""
-    from .progress import quiet_libraries
-
     root = find_root()
     os.chdir(root)
     quiet_libraries()
     return root
-
-
-@contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` as a whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def strip(path: str | Path) -> bool:

@@ -11,19 +11,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from IPython.display import Image  # noqa: E402
 
-CURVE_PANELS = [
+from .io import atomic_path  # noqa: E402
+from .objectives import CLAIM_FIGURES, all_panels, figure_objectives  # noqa: E402
+from .report import run_table  # noqa: E402
+
+BASE_PANELS = [
     ("reward/mean", "train reward (mean)"),
     ("stats/entropy", "token entropy (nats)"),
     ("heldout/pass@1", "held-out pass@1"),
     ("stats/response_length", "response length (tokens)"),
     ("stats/clip_frac", "clip fraction"),
     ("stats/kl_ref", "KL to reference (k3)"),
-    ("stats/mask_frac", "80/20: fraction of tokens kept"),
-    ("stats/cov_selected_frac", "Cov: fraction of tokens selected"),
-    ("stats/entropy_coef", "entropy coefficient"),
 ]
+"""the panels every run has; the objectives add theirs (what each method acts on) through their registrations"""
+CURVE_PANELS = BASE_PANELS + [(p.key, p.label) for p in all_panels()]
 
 
 def save(fig, path: str | Path) -> Path:
@@ -39,8 +42,6 @@ def save(fig, path: str | Path) -> Path:
 def show(fig_or_path):
     """The inline image of a notebook cell: a saved PNG, or a figure rendered to PNG (then closed). This module
     draws with the Agg backend, so figures appear in the executed notebooks through this, with stable bytes."""
-    from IPython.display import Image
-
     if isinstance(fig_or_path, (str, Path)):
         return Image(filename=str(fig_or_path))
     buf = io.BytesIO()
@@ -102,11 +103,10 @@ def final_metrics(per_run: pd.DataFrame, metrics, order, title: str | None = Non
 
 
 def claim_figure(runs, name: str):
-    """The figure of claim ``name`` in :data:`report.CLAIM_FIGURES` for the objectives ``runs`` has, or None when
-    fewer than two of them ran."""
-    from .report import CLAIM_FIGURES, run_table
-
-    title, objectives, kind, panels = CLAIM_FIGURES[name]
+    """The figure of claim ``name`` (:data:`entropy_rl.objectives.CLAIM_FIGURES`) for the objectives ``runs`` has, or
+    None when fewer than two of them ran."""
+    fig = CLAIM_FIGURES.get(name)
+    title, objectives, kind, panels = fig.title, figure_objectives(name), fig.kind, fig.panels
     have = set(runs.steps.get("objective", pd.Series(dtype=str)))
     order = [o for o in objectives if o in have]
     if len(order) < 2:

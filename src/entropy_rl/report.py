@@ -10,12 +10,17 @@ then the macro average); :func:`write_table` saves any such table as markdown an
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from .io import read_json, write_text
+from .evaluate import maj_table, method_of  # noqa: F401  (re-exported)
+from .io import read_json
+from .objectives import CLAIM_FIGURES, SPECS, Claim, all_claims, figure_objectives  # noqa: F401  (re-exported)
+from .tables import to_markdown, write_table  # noqa: F401  (re-exported)
 
 _RUN = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
 TABLE_KEYS = ("pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "mean_length", "mean_token_entropy", "truncation_rate")
@@ -44,15 +49,17 @@ class Runs:
         return out
 
 
-def collect(runs_dir: str | Path | list) -> Runs:
-    """Every run under ``runs_dir``; a list of directories merges them (the seeds study adds its runs to the
-    default pipeline's seed 0). The SFT baseline is the first directory's that has one; a run name found in two
-    directories is an error."""
+def collect(runs_dir: str | Path | list, baseline_dir: str | Path | None = None) -> Runs:
+    """Every run under ``runs_dir``; a list of directories merges them. The SFT baseline is
+    ``<baseline_dir>/eval/metrics.json`` when given, else the first directory's ``sft/eval`` that exists; a run
+    name found in two directories is an error."""
     dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
     for d in dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such runs directory (run the pipeline first)")
     steps, heldout, metrics = [], [], {}
+    if baseline_dir is not None:
+        metrics["sft"] = read_json(Path(baseline_dir) / "eval" / "metrics.json")
     for runs_dir in dirs:
         sft_metrics = runs_dir / "sft" / "eval" / "metrics.json"
         if sft_metrics.exists() and "sft" not in metrics:
@@ -75,70 +82,10 @@ def collect(runs_dir: str | Path | list) -> Runs:
 # ----------------------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------------------
-def method_of(model: str) -> str:
-    """``grpo-s0`` → ``grpo``; other names (``sft``) unchanged."""
-    m = _RUN.match(model)
-    return m.group("objective") if m else model
-
-
-def maj_table(eval_metrics: dict[str, dict], k: int | None = None, benchmarks: list[str] | None = None,
-              metric: str = "maj", percent: bool = True) -> pd.DataFrame:
-    """The PAEC layout (methods.md §3(d)): one row per method, one column per benchmark, then ``Avg.`` (the
-    macro average over those benchmarks), values ``maj@k`` in percent.
-
-    Runs of one method with several seeds are averaged (the ``seeds`` column counts them). ``k`` defaults to the
-    largest k every model has; ``metric="pass"`` or ``"avg"`` gives the same layout for pass@k or avg@k."""
-    from .benchmarks import BENCHMARKS
-
-    per_model = {name: (m.get("benchmarks") or {"all": m}) for name, m in eval_metrics.items()}
-    names = benchmarks or list(next(iter(per_model.values())))
-    if k is None:
-        k = min(int(m[b]["n_samples"]) for m in per_model.values() for b in names)
-    key = f"{metric}@{k}"
-    rows: dict[str, list[dict]] = {}
-    for model, per_bench in per_model.items():
-        missing = [b for b in names if key not in per_bench.get(b, {})]
-        if missing:
-            raise KeyError(f"{model}: no {key} for {', '.join(missing)}")
-        rows.setdefault(method_of(model), []).append({b: per_bench[b][key] for b in names})
-    scale = 100.0 if percent else 1.0
-    table = pd.DataFrame({
-        method: {**{b: scale * sum(r[b] for r in runs) / len(runs) for b in names}, "seeds": len(runs)}
-        for method, runs in rows.items()
-    }).T
-    table["Avg."] = table[names].mean(axis=1)
-    table = table.rename(columns={b: BENCHMARKS[b].title if b in BENCHMARKS else b for b in names})
-    table.index.name = f"{key}{' (%)' if percent else ''}"
-    table["seeds"] = table["seeds"].astype(int)
-    return table[[c for c in table.columns if c != "seeds"] + ["seeds"]]
-
-
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".1f") -> str:
-    """A GitHub markdown table (index as the first column), without extra dependencies."""
-    def cell(v):
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
-    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(df.columns)) + "|"]
-    for idx, row in zip(df.index, df.itertuples(index=False)):  # itertuples keeps each column's dtype
-        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(df: pd.DataFrame, path: str | Path, floatfmt: str = ".1f") -> tuple[Path, Path]:
-    """``<path>.md`` (floats as ``floatfmt``) and ``<path>.csv`` (4 decimals), written atomically."""
-    path = Path(path)
-    md, csv = path.with_suffix(".md"), path.with_suffix(".csv")
-    write_text(md, to_markdown(df, floatfmt))
-    write_text(csv, df.to_csv(float_format="%.4f"))
-    return md, csv
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Objectives compared: mean and spread over seeds, and the papers' claims
 # ----------------------------------------------------------------------------------------------------------
 COMPARE_KEYS = ("pass@1", "pass@8", "maj@8", "mean_token_entropy", "mean_length")
-# The papers' qualitative claim at a glance: against GRPO these keep the token entropy higher.
-ENTROPY_PRESERVING = ("entropy_bonus", "dapo", "high_entropy_mask", "clip_cov", "kl_cov", "cov_annealed")
 
 
 def training_entropy(steps: pd.DataFrame, last_frac: float = 0.5) -> pd.DataFrame:
@@ -186,52 +133,8 @@ def objective_table(runs: Runs) -> pd.DataFrame:
     return out
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A paper's qualitative claim, as a comparison of two rows of :func:`objective_table`."""
-
-    figure: str
-    """the claim figure that shows it (:data:`CLAIM_FIGURES`)"""
-    method: str
-    baseline: str
-    metric: str
-    """a column of :func:`objective_table`"""
-    direction: str
-    """``higher`` or ``lower``: what the paper says ``method`` does to ``metric`` against ``baseline``"""
-    text: str
-
-
-CLAIM_FIGURES = {
-    # name: (title, objectives shown, kind, panels: step-log keys for "curves", table columns for "bars")
-    "entropy": ("GRPO's entropy falls; bonus, clip-higher, 80/20, Clip-Cov and KL-Cov keep it higher (methods.md §4, §5)",
-                ("grpo", *ENTROPY_PRESERVING), "curves", ("stats/entropy", "heldout/pass@1", "stats/response_length")),
-    "erpo": ("ERPO against GRPO: accuracy and response length (methods.md §1(d))",
-             ("grpo", "erpo"), "curves", ("heldout/pass@1", "stats/response_length", "stats/entropy")),
-    "repo_adapo": ("REPO-R and ADAPO keep entropy up where GRPO lets it fall (methods.md §2(d))",
-                   ("grpo", "dapo", "repo_r", "adapo"), "curves", ("stats/entropy", "heldout/pass@1", "stats/clip_frac")),
-    "paec": ("PAEC: maj@k against GRPO and without its penalty or its mask (methods.md §3(d))",
-             ("grpo", "paec", "paec-no_penalty", "paec-no_mask"), "bars", ("maj@8", "pass@1", "train_entropy_late")),
-    "bf16": ("Log-probs and ratio in bf16 against fp32, on DAPO (ADAPO paper, methods.md §2(f))",
-             ("dapo", "dapo-bf16"), "curves", ("stats/entropy", "stats/clip_frac", "heldout/pass@1")),
-}
-
-CLAIMS = (
-    *(Claim("entropy", m, "grpo", "train_entropy_late", "higher", f"{m} keeps the late token entropy above GRPO's")
-      for m in ENTROPY_PRESERVING),
-    Claim("erpo", "erpo", "grpo", "pass@1", "higher", "ERPO's accuracy is above GRPO's"),
-    Claim("erpo", "erpo", "grpo", "mean_length", "lower", "ERPO's responses are shorter than GRPO's"),
-    Claim("erpo", "erpo", "grpo", "train_entropy_late", "higher", "ERPO's entropy does not collapse like GRPO's"),
-    Claim("repo_adapo", "repo_r", "grpo", "train_entropy_late", "higher", "REPO-R keeps entropy above GRPO's"),
-    Claim("repo_adapo", "adapo", "grpo", "train_entropy_late", "higher", "ADAPO keeps entropy above GRPO's"),
-    Claim("repo_adapo", "repo_r", "grpo", "entropy_drift", "lower",
-          "REPO-R holds entropy nearer its start than GRPO (paper: +7 % against -57 %)"),
-    Claim("repo_adapo", "adapo", "dapo", "entropy_drift", "lower",
-          "ADAPO holds entropy nearer its start than DAPO (paper: +102 % against +298 %)"),
-    Claim("paec", "paec", "grpo", "maj@8", "higher", "PAEC's maj@k is above GRPO's (paper: 41.6 against 35.5)"),
-    Claim("paec", "paec", "paec-no_penalty", "maj@8", "higher", "removing the floor penalty lowers maj@k (38.8)"),
-    Claim("paec", "paec", "paec-no_mask", "maj@8", "higher", "removing the position mask lowers maj@k (38.3)"),
-    Claim("bf16", "dapo-bf16", "dapo", "train_entropy_late", "lower", "a bf16 ratio biases toward entropy collapse"),
-)
+CLAIMS: tuple[Claim, ...] = tuple(all_claims())
+"""the papers' claims, as each objective's module registered them (entropy_rl.objectives.register_objective)"""
 
 
 def verdict(diff: float, spread: float, seeds: int) -> str:
@@ -270,3 +173,115 @@ def claim_table(table: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
     """:func:`claim_verdicts` as a table indexed by the claim (empty, with its columns, when none applies)."""
     return pd.DataFrame(claim_verdicts(table, claims), columns=list(CLAIM_COLUMNS)).set_index("claim")
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The results a person reads: written by the figures stage, quoted by the README (never copied by hand)
+# ----------------------------------------------------------------------------------------------------------
+RESULT_COLUMNS = (("pass@1", "pass@1", ".3f"), ("pass@8", "pass@8", ".3f"), ("maj@8", "maj@8", ".3f"),
+                  ("mean_token_entropy", "entropy (eval)", ".4f"), ("train_entropy_late", "entropy (late train)", ".4f"),
+                  ("mean_length", "length", ".1f"))
+
+
+def _fmt(v, f: str) -> str:
+    return "–" if v is None or v != v else format(float(v), f)
+
+
+def _order(name: str) -> tuple:
+    """Registered objectives in registration order, then variants and others by name."""
+    names = SPECS.names()
+    return (0, names.index(name), "") if name in names else (1, 0, name)
+
+
+def results_markdown(table: pd.DataFrame, claims: pd.DataFrame, sft: dict | None = None) -> str:
+    """The results of one report as markdown: with one seed per objective, a row per model (the SFT start first);
+    with several, mean ± sd per objective, then the claims and their verdicts. ``table`` is
+    :func:`objective_table`, ``claims`` :func:`claim_table`."""
+    lines: list[str] = []
+    table = table.loc[sorted(table.index, key=_order)]
+    seeds = int(table["seeds"].max()) if len(table) else 0
+    if seeds <= 1:
+        lines += ["| model | " + " | ".join(c[1] for c in RESULT_COLUMNS) + " |", "|---" * (len(RESULT_COLUMNS) + 1) + "|"]
+        if sft is not None:
+            lines.append("| `sft` (start) | " + " | ".join(
+                "–" if k == "train_entropy_late" else _fmt(sft.get(k), f) for k, _, f in RESULT_COLUMNS) + " |")
+        for name, row in table.iterrows():
+            lines.append(f"| `{name}` | " + " | ".join(_fmt(row[k], f) for k, _, f in RESULT_COLUMNS) + " |")
+        return "\n".join(lines) + "\n"
+    cols = [c for c in RESULT_COLUMNS if c[0] != "mean_token_entropy"]
+    lines += ["| objective | seeds | " + " | ".join(c[1] for c in cols) + " | entropy change |",
+              "|---" * (len(cols) + 3) + "|"]
+    for name, row in table.iterrows():
+        cells = [f"{_fmt(row[k], f)} ± {_fmt(row[k + ' sd'], f)}" for k, _, f in cols]
+        lines.append(f"| `{name}` | {int(row['seeds'])} | " + " | ".join(cells) +
+                     f" | {row['entropy_change'] * 100:+.0f} % |")
+    lines += ["", f"| claim | metric | method | baseline | verdict ({seeds} seeds) |", "|---|---|---|---|---|"]
+    for text, c in claims.iterrows():
+        f = ".1f" if c["metric"] == "mean_length" else (".4f" if "entropy_late" in c["metric"] else ".3f")
+        sd = lambda m: table.loc[m, f"{c['metric']} sd"] if m in table.index else float("nan")  # noqa: E731
+        lines.append(f"| {text} | `{c['metric']}` | `{c['method']}` {_fmt(c['value'], f)} ± {_fmt(sd(c['method']), f)} "
+                     f"| `{c['baseline']}` {_fmt(c['baseline_value'], f)} ± {_fmt(sd(c['baseline']), f)} "
+                     f"| **{c['verdict']}** |")
+    return "\n".join(lines) + "\n"
+
+
+_BLOCK = re.compile(r"(<!-- generated from (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end of generated -->)", re.S)
+
+
+def readme_blocks(readme: str) -> list[tuple[str, str]]:
+    """``(path, body)`` of every generated block of the README (between ``<!-- generated from <path> -->`` and
+    ``<!-- end of generated -->``)."""
+    return [(m["path"], m["body"]) for m in _BLOCK.finditer(readme)]
+
+
+def update_readme(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:
+    """Rewrite every generated block of the README from the file it names; returns the paths that changed."""
+    readme, root = Path(readme), Path(root)
+    text = readme.read_text()
+    changed = []
+
+    def fill(m):
+        body = (root / m["path"]).read_text()
+        if body != m["body"]:
+            changed.append(m["path"])
+        return m.group(1) + body + m.group(4)
+
+    new = _BLOCK.sub(fill, text)
+    if new != text:
+        readme.write_text(new)
+    return changed
+
+
+def summary_text(params_file: str | Path = "params.yaml", reports: str | Path = "reports") -> str:
+    """What ``make repro`` prints at the end: per active profile its results table and where its figures are."""
+    profiles = (yaml.safe_load(Path(params_file).read_text()) or {}).get("profiles") or {}
+    out = []
+    for name in profiles:
+        d = Path(reports) / name
+        if not (d / "results.md").exists():
+            out.append(f"{name}: no results yet ({d}/results.md is missing)")
+            continue
+        figs = sorted(p.name for p in (d / "figures").glob("*.png"))
+        out += [f"== {name}: {d}/results.md", (d / "results.md").read_text().rstrip(), "",
+                f"figures ({len(figs)}) in {d}/figures/: {', '.join(figs)}",
+                f"executed notebooks: runs/{name}/*.ipynb, {d}/40_figures.ipynb", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m entropy_rl.report readme``: rewrite the README's generated blocks from docs/results/;
+    ``python -m entropy_rl.report summary``: print the active profiles' results (the end of ``make repro``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["summary"]:
+        print(summary_text())
+        return 0
+    if argv[:1] != ["readme"]:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    changed = update_readme(argv[1] if len(argv) > 1 else "README.md")
+    print(f"README: {len(changed)} generated block(s) updated" + (f" ({', '.join(changed)})" if changed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,7 +11,7 @@ import random
 import torch
 
 from .config import SFTConfig
-from .objectives.agg import agg_loss
+from .agg import agg_loss
 from .policy import policy_stats
 from .progress import progress
 from .rollout import Rollouts

@@ -70,6 +70,19 @@ def local(x: Tensor, scope: StatScope) -> Tensor:
     return x if scope.rows is None else x[scope.rows]
 
 
+POLICY_METRICS = {
+    "loss/pg": "aggregated policy-gradient (clipped surrogate) loss",
+    "loss/kl": "aggregated k3 KL to the reference (added to the loss only when `kl_coef > 0`)",
+    "loss/total": "the loss that was back-propagated",
+    "stats/entropy": "full-vocabulary token entropy of the current policy at the update, masked token mean (nats)",
+    "stats/nll_sampled": "mean negative log-probability of the sampled tokens (not an entropy)",
+    "stats/clip_frac": "fraction of response tokens whose clipped term was the active one",
+    "stats/ratio_mean": "mean importance ratio π_θ / π_old over response tokens",
+    "stats/approx_kl_old": "½·mean (log π_θ − log π_old)², the drift within a step",
+}
+"""the glossary of what every policy-gradient objective logs (:func:`policy_metrics` and ``grpo.pg_loss``)"""
+
+
 def policy_metrics(batch: RLBatch, stats: TokenStats, parts: dict[str, Tensor]) -> dict[str, Tensor]:
     """Detached diagnostics every policy-gradient objective reports."""
     m = batch.mask

@@ -14,10 +14,10 @@ from torch import Tensor
 from ..config import ConfigError, choice
 from ..controllers import SCHEDULES, anneal_scale
 from ..token_stats import TokenStats
-from .agg import agg_loss
+from ..agg import agg_loss
 from .common import local, masked_mean, resolve_l_max, stat_scope, upcast
 from .grpo import GRPOConfig, clipped_pg_loss, pg_loss
-from .registry import RLBatch, StatScope, register_objective
+from .registry import (Claim, Panel, RLBatch, ScopedStatistic, StatScope, register_objective)
 
 
 def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
@@ -71,33 +71,52 @@ def _cov_metrics(metrics: dict, batch: RLBatch, scope: StatScope, sel: Tensor, c
     return metrics
 
 
+COV_METRICS = {
+    "stats/cov_selected_frac": "fraction of tokens detached (Clip-Cov) or penalized (KL-Cov, annealed)",
+    "stats/cov_mean": "mean centred covariance term (log π − mean)(A − mean) over response tokens",
+    "stats/cov_coef": "the Clip-Cov ratio r or KL-Cov coefficient β applied at this step (annealed for `cov_annealed`)",
+}
+COV_PANEL = Panel("stats/cov_selected_frac", "Cov: fraction of tokens selected")
+
+
+def _entropy_claim(name: str) -> Claim:
+    return Claim("entropy", name, "grpo", "train_entropy_late", "higher", f"{name} keeps the late token entropy above GRPO's")
+
+
 # ---------------------------------------------------------------------------------------------- Clip-Cov
 @dataclass(frozen=True)
-class ClipCovConfig(GRPOConfig):
-    agg: str = "token-mean"
-    """token-mean, as in the authors' scripts"""
-    clip_low: float = 1.0
-    """authors' scripts: clip_ratio_low = 1 (ratio clamped to [0, 2], PPO clipping effectively off)"""
-    clip_high: float = 1.0
-    """authors' scripts: clip_ratio_high = 1"""
+class CovBand:
+    """Mixin: Clip-Cov's random subset of the tokens whose covariance lies in a band (docs/methods.md §4B)."""
+
     clip_ratio: float = 2e-4
     """r: fraction of the scope's valid tokens detached (paper/verl: 2e-4; at least 1 token when r > 0)"""
     cov_lb: float = 1.0
     """omega_low: candidates have cov > cov_lb (paper/verl: 1)"""
     cov_ub: float = 5.0
     """omega_high: candidates have cov < cov_ub (paper/verl: 5)"""
-    stat_scope: str = "minibatch"
-    """tokens the covariance and the subset are taken over: `minibatch` or `microbatch` (verl's code)"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.clip_ratio <= 1 or self.cov_lb >= self.cov_ub:
+            raise ConfigError(f"clip_ratio must be in [0, 1] and cov_lb < cov_ub, got {self.clip_ratio}, "
+                              f"{self.cov_lb}, {self.cov_ub}")
+
+
+@dataclass(frozen=True)
+class ClipCovConfig(ScopedStatistic, CovBand, GRPOConfig):
+    agg: str = "token-mean"
+    """token-mean, as in the authors' scripts"""
+    clip_low: float = 1.0
+    """authors' scripts: clip_ratio_low = 1 (ratio clamped to [0, 2], PPO clipping effectively off)"""
+    clip_high: float = 1.0
+    """authors' scripts: clip_ratio_high = 1"""
     dynamic_sampling: bool = True
-    """the authors' runs build on the DAPO recipe with dynamic sampling"""
+    """the authors' runs build on the DAPO recipe with dynamic sampling (overlong buffer off)"""
 
     def __post_init__(self):
         super().__post_init__()
         if self.clip_ratio_c is not None:
             raise ConfigError("clip_ratio_c: clip_cov applies no dual clipping (verl's clip_cov ignores it)")
-        if not 0 <= self.clip_ratio <= 1 or self.cov_lb >= self.cov_ub:
-            raise ConfigError(f"clip_ratio must be in [0, 1] and cov_lb < cov_ub, got {self.clip_ratio}, "
-                              f"{self.cov_lb}, {self.cov_ub}")
 
 
 def clip_cov_loss(batch: RLBatch, stats: TokenStats, cfg, ratio: float, name: str) -> tuple[Tensor, dict]:
@@ -108,7 +127,8 @@ def clip_cov_loss(batch: RLBatch, stats: TokenStats, cfg, ratio: float, name: st
     return loss, _cov_metrics(metrics, batch, scope, sel, ratio)
 
 
-@register_objective("clip_cov", ClipCovConfig)
+@register_objective("clip_cov", ClipCovConfig, metrics=COV_METRICS, panels=(COV_PANEL,),
+                    claims=(_entropy_claim("clip_cov"),))
 def clip_cov(batch: RLBatch, stats: TokenStats, cfg: ClipCovConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """Clip-Cov: detach the policy gradient of a random few high-covariance tokens.
 
@@ -131,15 +151,13 @@ def clip_cov(batch: RLBatch, stats: TokenStats, cfg: ClipCovConfig, state: dict 
 
 # ---------------------------------------------------------------------------------------------- KL-Cov
 @dataclass(frozen=True)
-class KLCovConfig(GRPOConfig):
+class KLCovConfig(ScopedStatistic, GRPOConfig):
     agg: str = "token-mean"
     """token-mean, as in the authors' scripts"""
     k: float = 1e-2
     """fraction of the scope's valid tokens penalized (paper: 2e-3 at 7B, 2e-4 at 32B; tiny profile: 1e-2)"""
     coef: float = 1.0
     """beta of the |log r| penalty (authors' scripts: 1; upstream verl default 0.1)"""
-    stat_scope: str = "minibatch"
-    """tokens the covariance and top-k are taken over: `minibatch` or `microbatch` (verl's code)"""
     dynamic_sampling: bool = True
     """the authors' runs build on the DAPO recipe with dynamic sampling"""
 
@@ -162,7 +180,8 @@ def kl_cov_loss(batch: RLBatch, stats: TokenStats, cfg, coef: float, name: str) 
     return loss, _cov_metrics(metrics, batch, scope, sel, coef)
 
 
-@register_objective("kl_cov", KLCovConfig)
+@register_objective("kl_cov", KLCovConfig, metrics={**COV_METRICS, "loss/cov_kl": "aggregated KL-Cov penalty on the selected tokens"},
+                    panels=(COV_PANEL,), claims=(_entropy_claim("kl_cov"),))
 def kl_cov(batch: RLBatch, stats: TokenStats, cfg: KLCovConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """KL-Cov: the unclipped policy gradient plus a |log-ratio| penalty on the top-k covariance tokens.
 
@@ -185,7 +204,7 @@ def kl_cov(batch: RLBatch, stats: TokenStats, cfg: KLCovConfig, state: dict | No
 
 # ---------------------------------------------------------------------------------------------- annealed
 @dataclass(frozen=True)
-class CovAnnealedConfig(KLCovConfig):
+class CovAnnealedConfig(CovBand, KLCovConfig):
     regularizer: str = "kl_cov"
     """which covariance regularizer is annealed: `kl_cov` (its beta) or `clip_cov` (its ratio r)"""
     schedule: str = "cosine"
@@ -198,12 +217,6 @@ class CovAnnealedConfig(KLCovConfig):
     """`clip_cov` regularizer: PPO clip as in the Clip-Cov scripts"""
     clip_high: float = 1.0
     """`clip_cov` regularizer: PPO clip as in the Clip-Cov scripts"""
-    clip_ratio: float = 2e-4
-    """`clip_cov` regularizer: r before annealing"""
-    cov_lb: float = 1.0
-    """`clip_cov` regularizer: omega_low"""
-    cov_ub: float = 5.0
-    """`clip_cov` regularizer: omega_high"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -220,7 +233,9 @@ class CovAnnealedConfig(KLCovConfig):
         return self.schedule != "constant"
 
 
-@register_objective("cov_annealed", CovAnnealedConfig)
+@register_objective("cov_annealed", CovAnnealedConfig,
+                    metrics={**COV_METRICS, "loss/cov_kl": "aggregated KL-Cov penalty on the selected tokens"},
+                    panels=(COV_PANEL,), claims=(_entropy_claim("cov_annealed"),))
 def cov_annealed(batch: RLBatch, stats: TokenStats, cfg: CovAnnealedConfig, state: dict | None = None
                  ) -> tuple[Tensor, dict]:
     """Annealed covariance regularizer: KL-Cov (or Clip-Cov) whose coefficient decays to 0 late in training.

@@ -14,10 +14,10 @@ from torch import Tensor
 from ..config import ConfigError
 from ..controllers import adaptive_coef_applied, adaptive_coef_init, adaptive_coef_update
 from ..token_stats import TokenStats
-from .agg import agg_loss
+from ..agg import agg_loss
 from .common import local, masked_mean, resolve_l_max, stat_scope
 from .grpo import DAPOConfig, GRPOConfig, clipped_pg_loss
-from .registry import RLBatch, register_objective
+from .registry import Claim, Panel, RLBatch, ScopedStatistic, register_objective
 
 
 # ---------------------------------------------------------------------------------------------- entropy bonus
@@ -65,7 +65,14 @@ def entropy_coefficient(cfg: EntropyBonusConfig, state: dict | None) -> tuple[fl
     return adaptive_coef_applied(st, cfg.target), float(st["entropy_coef"])
 
 
-@register_objective("entropy_bonus", EntropyBonusConfig, init_state=_bonus_init, update_state=_bonus_update)
+@register_objective("entropy_bonus", EntropyBonusConfig, init_state=_bonus_init, update_state=_bonus_update, metrics={
+    "loss/entropy": "aggregated entropy term of `entropy_bonus` (its coefficient times this is subtracted)",
+    "stats/entropy_coef": "entropy coefficient α applied at this step (`entropy_bonus`)",
+    "stats/entropy_coef_ctrl": "the adaptive controller's coefficient after this step (applied from the next)",
+}, panels=(Panel("stats/entropy_coef", "entropy coefficient"),), claims=(
+    Claim("entropy", "entropy_bonus", "grpo", "train_entropy_late", "higher",
+          "entropy_bonus keeps the late token entropy above GRPO's"),
+))
 def entropy_bonus(batch: RLBatch, stats: TokenStats, cfg: EntropyBonusConfig, state: dict | None = None
                   ) -> tuple[Tensor, dict]:
     """Entropy bonus: the GRPO loss minus alpha times the aggregated full-vocabulary token entropy.
@@ -113,11 +120,9 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, rho: float) -> tuple[Tensor
 
 
 @dataclass(frozen=True)
-class HighEntropyMaskConfig(DAPOConfig):
+class HighEntropyMaskConfig(ScopedStatistic, DAPOConfig):
     rho: float = 0.2
     """fraction of the highest-entropy tokens that get a policy gradient (paper: 0.2)"""
-    stat_scope: str = "minibatch"
-    """tokens the threshold is taken over: `minibatch` (the update's batch) or `microbatch` (TRL: each micro-step)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,7 +130,13 @@ class HighEntropyMaskConfig(DAPOConfig):
             raise ConfigError(f"rho: must be in (0, 1], got {self.rho}")
 
 
-@register_objective("high_entropy_mask", HighEntropyMaskConfig)
+@register_objective("high_entropy_mask", HighEntropyMaskConfig, metrics={
+    "stats/mask_frac": "fraction of response tokens kept by the 80/20 high-entropy mask",
+    "stats/entropy_threshold": "the entropy threshold τ_ρ of the 80/20 mask",
+}, panels=(Panel("stats/mask_frac", "80/20: fraction of tokens kept"),), claims=(
+    Claim("entropy", "high_entropy_mask", "grpo", "train_entropy_late", "higher",
+          "high_entropy_mask keeps the late token entropy above GRPO's"),
+))
 def high_entropy_mask_loss(batch: RLBatch, stats: TokenStats, cfg: HighEntropyMaskConfig, state: dict | None = None
                            ) -> tuple[Tensor, dict]:
     """80/20 high-entropy token mask: the DAPO loss on the top-rho entropy tokens only.

@@ -22,7 +22,7 @@ from ..config import ConfigError, choice
 from ..token_stats import TokenStats
 from .common import masked_mean, upcast
 from .grpo import GRPOConfig, clipped_pg_loss
-from .registry import RLBatch, register_objective
+from .registry import Claim, Needs, Panel, RLBatch, register_claim_figure, register_objective
 
 PROGRESS_NORMS = ("buckets", "group", "none")
 
@@ -68,6 +68,10 @@ class ERPOConfig(GRPOConfig):
                               f"{self.n_buckets}, {self.min_bucket_tokens}, {self.gamma}, {self.eta}, {self.eps}")
         if self.progress_ref == "old" and self.stats_from == "rollout":
             raise ConfigError("progress_ref: 'old' needs stats_from: current (from the rollout pass s = 0 exactly)")
+
+    def needs(self) -> Needs:
+        needs = super().needs()
+        return dataclasses.replace(needs, ref_logp=needs.ref_logp or (self.synthesis and self.progress_ref == "ref"))
 
     @property
     def needs_ref(self) -> bool:
@@ -146,7 +150,23 @@ def _inputs(batch: RLBatch, stats: TokenStats, cfg: ERPOConfig):
     return src, rows, ent, lp, base
 
 
-@register_objective("erpo", ERPOConfig)
+register_claim_figure("erpo", "ERPO against GRPO: accuracy and response length (docs/methods.md §1(d))", "curves",
+                      ("heldout/pass@1", "stats/response_length", "stats/entropy"))
+
+
+@register_objective("erpo", ERPOConfig, metrics={
+    "stats/erpo_gate_mean": "ERPO: mean entropy-aware gate weight W = σ(γ·z(H)) over response tokens",
+    "stats/erpo_progress": "ERPO: the implicit progress signal used (against `progress_ref`)",
+    "stats/erpo_progress_ref": "ERPO: the implicit progress signal against π_ref",
+    "stats/erpo_progress_old": "ERPO: the implicit progress signal against π_old",
+    "stats/erpo_synthesis_abs": "ERPO: mean |synthesis term| η·|Ψ|",
+    "stats/erpo_adv_abs": "ERPO: mean |token advantage|",
+    "stats/erpo_sparse_frac": "ERPO: share of tokens in buckets too small for a progress z-score (s~ = 0)",
+}, panels=(Panel("stats/erpo_gate_mean", "ERPO: mean gate weight"),), claims=(
+    Claim("erpo", "erpo", "grpo", "pass@1", "higher", "ERPO's accuracy is above GRPO's"),
+    Claim("erpo", "erpo", "grpo", "mean_length", "lower", "ERPO's responses are shorter than GRPO's"),
+    Claim("erpo", "erpo", "grpo", "train_entropy_late", "higher", "ERPO's entropy does not collapse like GRPO's"),
+))
 def erpo(batch: RLBatch, stats: TokenStats, cfg: ERPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """ERPO: the GRPO clipped surrogate with entropy-gated, progress-anchored token advantages.
 

@@ -14,9 +14,13 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..token_stats import TokenStats
-from .agg import agg_loss
+from ..agg import agg_loss
 from .common import clipped_surrogate, k3_kl, policy_metrics, resolve_l_max
-from .registry import ObjectiveConfig, RLBatch, register_objective
+from .registry import Claim, ObjectiveConfig, RLBatch, register_claim_figure, register_objective
+
+
+register_claim_figure("entropy", "GRPO's entropy falls; the entropy-preserving methods keep it higher "
+                      "(docs/methods.md §4, §5)", "curves", ("stats/entropy", "heldout/pass@1", "stats/response_length"))
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,9 @@ class DAPOConfig(GRPOConfig):
     """soft overlong punishment over the last 20 % of the length cap (DAPO: 4096 of 16384 + 4096)"""
 
 
-@register_objective("dapo", DAPOConfig)
+@register_objective("dapo", DAPOConfig, claims=(
+    Claim("entropy", "dapo", "grpo", "train_entropy_late", "higher", "dapo keeps the late token entropy above GRPO's"),
+))
 def dapo(batch: RLBatch, stats: TokenStats, cfg: DAPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """DAPO: clip-higher, token-level loss, dynamic sampling, overlong reward shaping.
 

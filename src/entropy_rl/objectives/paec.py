@@ -12,6 +12,7 @@ Shapes: every tensor ``[B, T]``. Fidelity card: docs/objectives/paec.md.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from .common import masked_mean, upcast
 from .entropy import high_entropy_mask
 from .erpo import segment_zscore
 from .grpo import GRPOConfig, clipped_pg_loss
-from .registry import RLBatch, register_objective
+from .registry import Claim, Needs, Panel, RLBatch, register_claim_figure, register_objective
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class PAECConfig(GRPOConfig):
         if self.rho_min < 0 or self.coef < 0 or self.bonus_coef < 0 or self.anchor_steps < 1 or self.mask_temperature <= 0:
             raise ConfigError("need rho_min, coef, bonus_coef >= 0, anchor_steps >= 1 and mask_temperature > 0")
 
+    def needs(self) -> Needs:
+        return dataclasses.replace(super().needs(), top_p=self.top_p)
+
 
 def position_mask(stats: TokenStats, mask: Tensor, cfg: PAECConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """PAEC's detached soft mask ``[B, T]`` over the top ``1 - rho`` valid positions by the score ``u`` (0 elsewhere and
@@ -87,7 +91,24 @@ def _anchor_step(state: dict, cfg: PAECConfig, row: dict) -> dict:
     return anchor_update(state, row["stats/paec_masked_entropy"], cfg.anchor_steps)
 
 
-@register_objective("paec", PAECConfig, init_state=_anchor_init, update_state=_anchor_step)
+register_claim_figure("paec", "PAEC: maj@k against GRPO and without its penalty or its mask (docs/methods.md §3(d))",
+                      "bars", ("maj@8", "pass@1", "train_entropy_late"))
+
+
+@register_objective("paec", PAECConfig, init_state=_anchor_init, update_state=_anchor_step, metrics={
+    "loss/paec_penalty": "PAEC: the floor penalty [max(0, ρ_min·H0 − H̄)]²",
+    "stats/paec_masked_entropy": "PAEC: mean entropy H̄ at masked positions",
+    "stats/paec_floor": "PAEC: the floor ρ_min·H0 (0 until the anchor H0 is measured)",
+    "stats/paec_mask_frac": "PAEC: share of positions in the soft mask",
+    "stats/paec_mask_weight": "PAEC: mean mask weight over response tokens",
+    "stats/paec_topp_entropy": "PAEC: mean (normalized) top-p entropy",
+    "stats/paec_competition": "PAEC: mean top-2 competition exp(−(log π(v1) − log π(v2)))",
+    "stats/topp_overflow_frac": "PAEC: share of nuclei larger than the top-K the fused pass keeps",
+}, panels=(Panel("stats/paec_masked_entropy", "PAEC: masked entropy H̄"),), claims=(
+    Claim("paec", "paec", "grpo", "maj@8", "higher", "PAEC's maj@k is above GRPO's (paper: 41.6 against 35.5)"),
+    Claim("paec", "paec", "paec-no_penalty", "maj@8", "higher", "removing the floor penalty lowers maj@k (38.8)"),
+    Claim("paec", "paec", "paec-no_mask", "maj@8", "higher", "removing the position mask lowers maj@k (38.3)"),
+))
 def paec(batch: RLBatch, stats: TokenStats, cfg: PAECConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """PAEC: GRPO plus an anchored entropy-floor penalty at positions chosen by top-p entropy and top-two competition.
 

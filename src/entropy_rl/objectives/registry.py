@@ -1,22 +1,36 @@
-"""The objective registry, the batch every objective receives, and the settings base class.
+"""The objective registry, the batch every objective receives, and the settings base classes.
 
 Shapes, declared once: ``B`` responses (n_prompts x G, groups contiguous), ``T`` response positions.
 
-An objective may come with a *controller*: ``init_state(cfg) -> dict`` gives the state before the first step and
-``update_state(state, cfg, row) -> dict`` the state after a step, from that step's log row. The loop
-(``train.rl_step``) calls it once per RL step; the state lives in ``RLRun.state`` and in every checkpoint, and
-objectives only read it (so all updates of one step use the same values; methods.md §7 S10).
+Everything about an objective is registered in its own module, in one call of :func:`register_objective`:
+
+* the loss (the decorated function) and its settings class (a frozen :class:`ObjectiveConfig` dataclass whose
+  defaults are the paper's, each with its source in the field docstring);
+* its *controller*, if any: ``init_state(cfg) -> dict`` gives the state before the first step and
+  ``update_state(state, cfg, row) -> dict`` the state after a step, from that step's log row. The loop
+  (``rl.rl_step``) calls it once per RL step; the state lives in ``RLRun.state`` and in every checkpoint, and
+  objectives only read it (so all updates of one step use the same values; docs/methods.md §7 S10);
+* the metrics it logs beyond the ones every policy-gradient objective logs, each with its one-line glossary entry
+  (``docs/metrics.md`` is generated from these);
+* the plot panels it adds to the training-curve figure, and the papers' claims it is tested on
+  (:class:`Claim`; a claim names a figure of :data:`CLAIM_FIGURES`, which a module may register too).
+
+What the loop must compute for an objective (reference log-probs, the nucleus of the top-p entropy, the scope of a
+selection statistic) the settings declare through :meth:`ObjectiveConfig.needs`; the loop never probes them.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import Tensor
 
+from ..advantages import ADVANTAGES
 from ..config import ConfigError, choice, from_dict
-from .agg import AGG_MODES
+from ..registry import Registry, registry
+from ..token_stats import DEFAULT_TOP_P
+from ..agg import AGG_MODES
 
 STAT_SCOPES = ("minibatch", "microbatch")
 LOGPROB_DTYPES = ("float32", "bfloat16", "float16")
@@ -84,11 +98,23 @@ class RLBatch:
 
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
-    """Settings shared by every objective; each objective subclasses this with its own fields.
+class Needs:
+    """What the loop computes for an objective besides the current policy's log-probs and entropies."""
 
-    Besides the loss settings it holds the rollout/reward-level options of DAPO (methods.md §5.2), so that any
-    objective can switch them on: dynamic sampling and overlong reward shaping (used by ``train.rl_step``).
+    ref_logp: bool = False
+    """the reference policy's log-probs enter the loss (a KL term, ERPO's progress against the reference)"""
+    top_p: float = DEFAULT_TOP_P
+    """nucleus mass of the top-p entropy in the token statistics"""
+    stat_scope: str = "microbatch"
+    """`minibatch`: under gradient accumulation each micro-batch gets the mini-batch's detached statistics"""
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Settings shared by every objective; each objective subclasses this (or a subclass) with its own fields.
+
+    Besides the loss settings it holds the rollout/reward-level options of DAPO (docs/methods.md §5.2), so that any
+    objective can switch them on: dynamic sampling and overlong reward shaping (used by ``rl.rl_step``).
     """
 
     advantage: str = "grpo"
@@ -96,7 +122,8 @@ class ObjectiveConfig:
     agg: str = "token-mean"
     """loss aggregation mode (see `agg_loss`)"""
     kl_coef: float = 0.0
-    """beta of the k3 KL penalty to the reference policy, kept in the loss (0 = no reference pass)"""
+    """beta of the k3 KL penalty to the reference policy, kept in the loss (DeepSeekMath: 0.04; most RLVR recipes
+    and this suite's presets: 0)"""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose G rewards all agree and generate more until `prompts_per_step`
     groups qualify"""
@@ -109,12 +136,10 @@ class ObjectiveConfig:
     """DAPO/verl `penalty_factor`: the penalty at the length cap"""
     logprob_dtype: str = "float32"
     """precision of the per-token log-probs (current, old, reference) before any ratio: `float32` (the fix of
-    methods.md §2/§7 S1), or `bfloat16`/`float16` to reproduce the REPO/ADAPO precision finding (§2 Theorem 3, §9)"""
+    docs/methods.md §2/§7 S1), or `bfloat16`/`float16` to reproduce the REPO/ADAPO precision finding (§2 Theorem 3, §9)"""
 
     def __post_init__(self):
-        from ..advantages import ADVANTAGES
-
-        choice("advantage", self.advantage, sorted(ADVANTAGES))
+        choice("advantage", self.advantage, sorted(ADVANTAGES.names()))
         choice("agg", self.agg, AGG_MODES)
         choice("logprob_dtype", self.logprob_dtype, LOGPROB_DTYPES)
         if self.kl_coef < 0:
@@ -123,18 +148,10 @@ class ObjectiveConfig:
             raise ConfigError(f"overlong_buffer: must be in [0, 1) (a fraction of the length cap), got {self.overlong_buffer}")
         if self.overlong_penalty < 0:
             raise ConfigError(f"overlong_penalty: must be >= 0, got {self.overlong_penalty}")
-        if scope := getattr(self, "stat_scope", None):
-            choice("stat_scope", scope, STAT_SCOPES)
 
-    @property
-    def needs_ref(self) -> bool:
-        return self.kl_coef > 0
-
-    @property
-    def minibatch_scope(self) -> bool:
-        """True when the objective takes a selection statistic over the whole mini-batch (`stat_scope: minibatch`):
-        under gradient accumulation the loop then hands each micro-batch the mini-batch's statistics."""
-        return getattr(self, "stat_scope", None) == "minibatch"
+    def needs(self) -> Needs:
+        """What the loop must compute for this objective (subclasses and mixins extend it)."""
+        return Needs(ref_logp=self.kl_coef > 0)
 
     @property
     def uses_total_steps(self) -> bool:
@@ -142,57 +159,180 @@ class ObjectiveConfig:
         return False
 
 
+# ---------------------------------------------------------------------------------------------- shared parts
+@dataclass(frozen=True)
+class ScopedStatistic:
+    """Mixin: a selection statistic (80/20 threshold, covariance top-k or band) taken over a scope of tokens."""
+
+    stat_scope: str = "minibatch"
+    """tokens the selection statistic is taken over: `minibatch` (the update's batch, also under gradient
+    accumulation) or `microbatch` (each forward/backward pass: verl's and TRL's code)"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        choice("stat_scope", self.stat_scope, STAT_SCOPES)
+
+    def needs(self) -> Needs:
+        return dataclasses.replace(super().needs(), stat_scope=self.stat_scope)
+
+
+@dataclass(frozen=True)
+class EntropyTarget:
+    """Mixin: a controller that steers toward a target token entropy, measured at the first step unless given."""
+
+    adaptive: bool = True
+    """the controller is on (false: its initial value stays fixed)"""
+    target_entropy: float | None = None
+    """H*: the target token entropy in nats (None = the first step's entropy; docs/methods.md §2(b), §9)"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.target_entropy is not None and self.target_entropy < 0:
+            raise ConfigError(f"target_entropy: must be >= 0 or null, got {self.target_entropy}")
+
+
+# ---------------------------------------------------------------------------------------------- registrations
+@dataclass(frozen=True)
+class Panel:
+    """A panel of the training-curve figure: a logged key and its title."""
+
+    key: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's qualitative claim, as a comparison of two rows of ``report.objective_table``."""
+
+    figure: str
+    """the claim figure that shows it (:data:`CLAIM_FIGURES`)"""
+    method: str
+    """an objective name or a params.yaml variant"""
+    baseline: str
+    metric: str
+    """a column of ``report.objective_table``"""
+    direction: str
+    """``higher`` or ``lower``: what the paper says ``method`` does to ``metric`` against ``baseline``"""
+    text: str
+
+    def __post_init__(self):
+        if self.direction not in ("higher", "lower"):
+            raise ValueError(f"claim '{self.text}': direction must be 'higher' or 'lower', got {self.direction!r}")
+
+
+@dataclass(frozen=True)
+class ClaimFigure:
+    """A figure of claims: the objectives it shows are the baselines and methods of its claims, in the order the
+    claims were registered (baselines first)."""
+
+    name: str
+    title: str
+    kind: str
+    """``curves`` (panels are step-log keys) or ``bars`` (panels are ``report.objective_table`` columns)"""
+    panels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """Everything registered about one objective."""
+
+    name: str
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    config_cls: type
+    init_state: Callable[[ObjectiveConfig], dict] | None = None
+    update_state: Callable[[dict, ObjectiveConfig, dict], dict] | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+    """key -> one-line glossary entry, for the keys it logs beyond :data:`~.common.POLICY_METRICS`"""
+    panels: tuple[Panel, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    module: str = ""
+
+
 Objective = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 InitState = Callable[[ObjectiveConfig], dict]
 UpdateState = Callable[[dict, ObjectiveConfig, dict], dict]
+SPECS: Registry[ObjectiveSpec] = registry("objective")
 OBJECTIVES: dict[str, Objective] = {}
-_CONFIGS: dict[str, type] = {}
-_CONTROLLERS: dict[str, tuple[InitState | None, UpdateState | None]] = {}
+"""name -> loss function (a view of :data:`SPECS`)"""
+CLAIM_FIGURES: Registry[ClaimFigure] = registry("claim figure")
+
+
+def register_claim_figure(name: str, title: str, kind: str, panels: tuple[str, ...]) -> ClaimFigure:
+    if kind not in ("curves", "bars"):
+        raise ValueError(f"claim figure '{name}': kind must be 'curves' or 'bars', got {kind!r}")
+    return CLAIM_FIGURES.register(name, ClaimFigure(name, title, kind, tuple(panels)))
 
 
 def register_objective(name: str, config_cls: type, init_state: InitState | None = None,
-                       update_state: UpdateState | None = None):
-    """Register ``fn`` under ``name`` with its settings class and optional controller hooks; a duplicate name raises."""
+                       update_state: UpdateState | None = None, *, metrics: dict[str, str] | None = None,
+                       panels: tuple[Panel, ...] = (), claims: tuple[Claim, ...] = ()):
+    """Register the decorated loss under ``name`` with its settings class, its controller hooks, the metrics it
+    logs (key -> glossary line), its plot panels and its claims; a duplicate name raises."""
     if not (dataclasses.is_dataclass(config_cls) and issubclass(config_cls, ObjectiveConfig)):
         raise TypeError(f"objective '{name}': config class must be an ObjectiveConfig dataclass")
+    for c in claims:
+        if c.figure not in CLAIM_FIGURES:
+            raise ValueError(f"objective '{name}': claim '{c.text}' names figure '{c.figure}', which is not "
+                             f"registered (register_claim_figure); registered: {', '.join(CLAIM_FIGURES)}")
 
     def deco(fn: Objective) -> Objective:
-        if name in OBJECTIVES:
-            raise ValueError(f"objective '{name}' is registered twice")
+        SPECS.register(name, ObjectiveSpec(name, fn, config_cls, init_state, update_state, dict(metrics or {}),
+                                           tuple(panels), tuple(claims), fn.__module__))
         OBJECTIVES[name] = fn
-        _CONFIGS[name] = config_cls
-        _CONTROLLERS[name] = (init_state, update_state)
         fn.objective_name = name
         return fn
 
     return deco
 
 
+def get_spec(name: str) -> ObjectiveSpec:
+    return SPECS.get(name)
+
+
 def get_objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; valid objectives: {', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name]
+    return SPECS.get(name).fn
 
 
 def get_config_cls(name: str) -> type:
-    get_objective(name)
-    return _CONFIGS[name]
+    return SPECS.get(name).config_cls
 
 
 def init_controller_state(name: str, cfg: ObjectiveConfig) -> dict:
     """The controller state before the first step (empty for objectives without a controller)."""
-    get_objective(name)
-    init, _ = _CONTROLLERS[name]
+    init = SPECS.get(name).init_state
     return dict(init(cfg)) if init else {}
 
 
 def update_controller_state(name: str, state: dict, cfg: ObjectiveConfig, row: dict) -> dict:
     """The controller state after a step, from that step's log row (unchanged without a controller)."""
-    get_objective(name)
-    _, update = _CONTROLLERS[name]
+    update = SPECS.get(name).update_state
     return dict(update(dict(state), cfg, row)) if update else dict(state)
 
 
 def make_objective_config(name: str, settings: dict | None = None):
     """Validate ``settings`` (from ``objectives.<name>`` in params.yaml) into the objective's config."""
     return from_dict(get_config_cls(name), settings or {}, f"objectives.{name}")
+
+
+def all_claims() -> list[Claim]:
+    """Every registered claim, in registration order."""
+    return [c for spec in SPECS.values() for c in spec.claims]
+
+
+def figure_objectives(figure: str) -> list[str]:
+    """The objectives a claim figure shows: each claim's baseline then its method, in registration order, once each."""
+    CLAIM_FIGURES.get(figure)
+    out: list[str] = []
+    for c in all_claims():
+        if c.figure == figure:
+            out += [n for n in (c.baseline, c.method) if n not in out]
+    return out
+
+
+def all_panels() -> list[Panel]:
+    """The objectives' plot panels, in registration order, each key once."""
+    out: dict[str, Panel] = {}
+    for spec in SPECS.values():
+        for p in spec.panels:
+            out.setdefault(p.key, p)
+    return list(out.values())

@@ -22,26 +22,30 @@ from ..controllers import clip_high_update, entropy_target, zeta_update
 from ..token_stats import TokenStats
 from .common import clipped_surrogate, masked_mean, upcast
 from .grpo import DAPOConfig, clipped_pg_loss, pg_loss
-from .registry import RLBatch, register_objective
+from .registry import Claim, EntropyTarget, Panel, RLBatch, register_claim_figure, register_objective
+
+
+register_claim_figure("repo_adapo", "REPO-R and ADAPO keep entropy up where GRPO lets it fall (docs/methods.md §2(d))",
+                      "curves", ("stats/entropy", "heldout/pass@1", "stats/clip_frac"))
+register_claim_figure("bf16", "Log-probs and ratio in bf16 against fp32, on DAPO (ADAPO paper, docs/methods.md §2(f))",
+                      "curves", ("stats/entropy", "stats/clip_frac", "heldout/pass@1"))
 
 
 # ---------------------------------------------------------------------------------------------- REPO / REPO-R
 @dataclass(frozen=True)
-class REPOConfig(DAPOConfig):
+class REPOConfig(EntropyTarget, DAPOConfig):
+    """`adaptive`: the zeta controller toward `target_entropy`, once per RL step (false = a fixed `zeta`)."""
+
     zeta: float = 1e-3
     """initial zeta (the controller's start; the fixed value when not `adaptive`); REPO-R: 1e-3 (paper App. D.2)"""
     centered: bool = True
     """L = log pi + H, the exact centred log-prob (E_pi[L] = 0); false = the raw log pi of the sampled token"""
-    adaptive: bool = True
-    """zeta controller toward `target_entropy` once per RL step; false = fixed `zeta`"""
     zeta_min: float = 1e-4
     """lower bound of |zeta| (REPO-R: 1e-4, paper App. D.2)"""
     zeta_max: float = 0.05
     """upper bound of |zeta| (REPO-R: 0.05, paper App. D.2)"""
     signed: bool = True
     """the controller may flip zeta's sign to push entropy down (methods.md §9); false keeps zeta in [zeta_min, zeta_max]"""
-    target_entropy: float | None = None
-    """target token entropy H* in nats; None = the first step's entropy (the initial entropy)"""
     logp_floor: float = -20.0
     """log pi is clamped below at this value before it enters L (methods.md §9)"""
 
@@ -97,10 +101,11 @@ def current_zeta(cfg: REPOConfig, state: dict | None) -> float:
     return float(state["zeta"]) if cfg.adaptive and state and "zeta" in state else float(cfg.zeta)
 
 
-def repo_loss(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None, rescale: bool, name: str):
+def repo_loss(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None, rescale: bool, name: str,
+              positive_only: bool = False):
     zeta = current_zeta(cfg, state)
     a = repo_advantage(batch.advantages, stats.logp, stats.entropy, batch.mask, zeta, centered=cfg.centered,
-                       rescale=rescale, positive_only=getattr(cfg, "positive_only", False), floor=cfg.logp_floor)
+                       rescale=rescale, positive_only=positive_only, floor=cfg.logp_floor)
     loss, metrics = clipped_pg_loss(dataclasses.replace(batch, advantages=a.to(batch.advantages.dtype)), stats, cfg,
                                     name=name)
     metrics["stats/zeta"] = torch.tensor(zeta)
@@ -108,7 +113,14 @@ def repo_loss(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | 
     return loss, metrics
 
 
-@register_objective("repo", REPOConfig, init_state=zeta_init, update_state=zeta_step)
+REPO_METRICS = {
+    "stats/zeta": "REPO / REPO-R: the ζ controller's value applied at this step",
+    "stats/repo_adv_shift": "REPO / REPO-R: mean change of the token advantage, A' − A, over response tokens",
+}
+
+
+@register_objective("repo", REPOConfig, init_state=zeta_init, update_state=zeta_step, metrics=REPO_METRICS,
+                    panels=(Panel("stats/zeta", "REPO: ζ"),))
 def repo(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """REPO: the DAPO loss with the advantage A - zeta L, L the centred log-prob, zeta from an entropy controller.
 
@@ -127,7 +139,12 @@ def repo(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None 
     return repo_loss(batch, stats, cfg, state, rescale=False, name="repo")
 
 
-@register_objective("repo_r", REPORConfig, init_state=zeta_init, update_state=zeta_step)
+@register_objective("repo_r", REPORConfig, init_state=zeta_init, update_state=zeta_step, metrics=REPO_METRICS,
+                    panels=(Panel("stats/zeta", "REPO: ζ"),), claims=(
+    Claim("repo_adapo", "repo_r", "grpo", "train_entropy_late", "higher", "REPO-R keeps entropy above GRPO's"),
+    Claim("repo_adapo", "repo_r", "grpo", "entropy_drift", "lower",
+          "REPO-R holds entropy nearer its start than GRPO (paper: +7 % against -57 %)"),
+))
 def repo_r(batch: RLBatch, stats: TokenStats, cfg: REPORConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """REPO-R: the DAPO loss with the advantage rescaled by (1 -+ zeta log pi), clamped, zeta from a controller.
 
@@ -144,24 +161,22 @@ def repo_r(batch: RLBatch, stats: TokenStats, cfg: REPORConfig, state: dict | No
         cfg: REPORConfig.
         state: controller state (``zeta``, ``entropy_target``); empty = the initial ``zeta``.
     """
-    return repo_loss(batch, stats, cfg, state, rescale=True, name="repo_r")
+    return repo_loss(batch, stats, cfg, state, rescale=True, name="repo_r", positive_only=cfg.positive_only)
 
 
 # ---------------------------------------------------------------------------------------------- ADAPO
 @dataclass(frozen=True)
-class ADAPOConfig(DAPOConfig):
+class ADAPOConfig(EntropyTarget, DAPOConfig):
+    """`adaptive`: the eps_high controller toward `target_entropy`, once per RL step (false = DAPO)."""
+
     clip_high: float = 0.28
     """initial eps_high (DAPO's clip-higher 0.28); the fixed value when not `adaptive`"""
-    adaptive: bool = True
-    """eps_high controller toward `target_entropy` once per RL step; false = DAPO with a fixed `clip_high`"""
     clip_high_min: float = 0.2
     """lower bound of eps_high (methods.md §2(f)4)"""
     clip_high_max: float = 0.5
     """upper bound of eps_high (methods.md §2(f)4)"""
     clip_factor: float = 1.1
     """multiplicative step c of eps_high per RL step (methods.md §2(f)4)"""
-    target_entropy: float | None = None
-    """target token entropy H* in nats; None = the first step's entropy (the initial entropy)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,7 +202,14 @@ def _clip_step(state: dict, cfg: ADAPOConfig, row: dict) -> dict:
     return {**state, "clip_high": eps, "entropy_target": target}
 
 
-@register_objective("adapo", ADAPOConfig, init_state=_clip_init, update_state=_clip_step)
+@register_objective("adapo", ADAPOConfig, init_state=_clip_init, update_state=_clip_step,
+                    metrics={"stats/clip_high": "ADAPO: the adaptive ε_high applied at this step"},
+                    panels=(Panel("stats/clip_high", "ADAPO: ε_high"),), claims=(
+    Claim("repo_adapo", "adapo", "grpo", "train_entropy_late", "higher", "ADAPO keeps entropy above GRPO's"),
+    Claim("repo_adapo", "adapo", "dapo", "entropy_drift", "lower",
+          "ADAPO holds entropy nearer its start than DAPO (paper: +102 % against +298 %)"),
+    Claim("bf16", "dapo-bf16", "dapo", "train_entropy_late", "lower", "a bf16 ratio biases toward entropy collapse"),
+))
 def adapo(batch: RLBatch, stats: TokenStats, cfg: ADAPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """ADAPO: the DAPO loss whose upper clip eps_high follows an entropy controller (adaptive asymmetric clipping).
 

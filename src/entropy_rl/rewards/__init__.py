@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..registry import Registry, registry
+from .pool import default_verifier
+
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed); None if there is none
@@ -61,15 +64,13 @@ def math_reward(response: str, answer: str) -> float:
     """1.0 when math-verify finds the response's final answer equivalent to ``answer`` (gold first), else 0.0.
 
     Runs in the process-wide default pool (:func:`.pool.default_verifier`), started on first use."""
-    from .pool import default_verifier
-
     return float(default_verifier().score([response], [answer])[0]["correct"])
 
 
-REWARDS: dict[str, Callable[[str, str], float]] = {"arithmetic": arithmetic_reward, "math": math_reward}
+REWARDS: Registry[Callable[[str, str], float]] = registry("reward")
+REWARDS.register("arithmetic", arithmetic_reward)
+REWARDS.register("math", math_reward)
 
 
 def get_reward(task: str) -> Callable[[str, str], float]:
-    if task not in REWARDS:
-        raise KeyError(f"unknown reward task '{task}'; valid: {', '.join(sorted(REWARDS))}")
-    return REWARDS[task]
+    return REWARDS.get(task)

@@ -11,7 +11,7 @@ Steps, for a response and a gold answer:
    parser reads the ``e`` as Euler's number) and ``4.5*10^33`` in plain text (its plain-expression pattern
    stops at the ``e``), percent signs are dropped (math-verify cannot parse ``\\boxed{60\\%}``), ``°`` becomes
    ``^{\\circ}`` and a thin-space thousands separator ``1\\,000`` becomes ``1000``. Each rule fixes a failure
-   measured by the gold self-check (``python -m entropy_rl.benchmarks selfcheck``; docs/evaluation.md).
+   measured by the gold self-check (``python -m entropy_rl.evalsets selfcheck``; docs/evaluation.md).
 2. **Extract** the prediction (:func:`parse_pred`): ``\\boxed{}`` first (priority 0), then "final answer is",
    then "answer:", then the last LaTeX or plain expression, in math-verify's ``first_match`` mode: only the
    first (highest-priority, rightmost) match is parsed. In the default ``any_match`` mode a box that fails to

@@ -1,158 +1,57 @@
 """Rollout: sample G responses per prompt, behind one interface with interchangeable backends.
 
-A sampler has four methods (:class:`Sampler`); the RL loop calls them and never asks which backend it has:
+A sampler (:class:`~entropy_rl.rollout.base.Sampler`) has four methods; the RL loop and the evaluation call them and
+never ask which backend they have: ``generate(prompts, n, seed, greedy=False) -> Rollouts``, ``sync(policy,
+version)``, ``sleep()`` and ``wake()`` (see :mod:`.base`).
 
-* ``generate(prompts, n, seed, greedy=False) -> Rollouts``: ``n`` responses per prompt, deterministic given ``seed``;
-* ``sync(policy, version)``: make the sampler sample from ``policy`` as it is now (``version`` names that state,
-  so a second call with the same version costs nothing);
-* ``sleep()`` / ``wake()``: free the sampler's accelerator memory for the training phase, and take it back.
+:data:`BACKENDS` is the one registry of sampling backends, for training (``rl.rollout.backend``) and for evaluation
+(``eval.backend``) alike. Each entry builds a sampler two ways: :attr:`Backend.for_training` around the policy being
+trained, and :attr:`Backend.for_checkpoint` from a saved base model and adapter (with the model that computes the
+evaluation's entropies, or None when the backend has none).
 
-Backends (:data:`BACKENDS`): ``hf`` (:class:`~entropy_rl.rollout.hf.HFRollout`, Hugging Face ``generate`` on the
-policy module itself: sync, sleep and wake are no-ops) and ``vllm`` (:class:`~entropy_rl.rollout.vllm.VLLMRollout`:
-a colocated vLLM engine on the frozen base, to which ``sync`` hands the current LoRA adapter as a new
-``LoRARequest``; the 4-bit base is never merged). vLLM also returns the log-probs it sampled with
-(``Rollouts.rollout_logp``), which the loop uses for the train/inference mismatch correction (``rl.rollout.tis``).
-
-Shapes: ``B = n_prompts x G`` (groups contiguous), ``P`` prompt positions (left-padded), ``T`` response positions
-(right-padded to the length cap, so that a constant-length aggregation never sees the padding change).
+* ``hf``: :class:`~entropy_rl.rollout.hf.HFRollout`, Hugging Face ``generate`` on the policy module itself (sync,
+  sleep and wake are no-ops);
+* ``vllm``: :class:`~entropy_rl.rollout.vllm.VLLMRollout`, a colocated vLLM engine on the frozen base, to which
+  ``sync`` hands the current LoRA adapter as a new ``LoRARequest`` (the 4-bit base is never merged). vLLM also
+  returns the log-probs it sampled with (``Rollouts.rollout_logp``), which the loop uses for the train/inference
+  mismatch correction (``rl.rollout.tis``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable
 
-import torch
-from torch import Tensor
-
-
-@dataclass
-class Rollouts:
-    prompt_ids: Tensor
-    """[B, P] left-padded prompt tokens"""
-    prompt_mask: Tensor
-    """[B, P] 1 on prompt tokens"""
-    response_ids: Tensor
-    """[B, T] sampled tokens, right-padded"""
-    response_mask: Tensor
-    """[B, T] 1 on response tokens up to and including the first EOS"""
-    texts: list[str]
-    """[B] decoded responses (without special tokens)"""
-    truncated: Tensor
-    """[B] bool: the response hit the length cap without an EOS"""
-    rollout_logp: Tensor | None = None
-    """[B, T] log-probs of the sampled tokens under the sampler's own distribution at the sampling temperature
-    (0 at padding); None when the backend does not report them (``hf``: it samples from the policy module itself)"""
-
-    @property
-    def lengths(self) -> Tensor:
-        return self.response_mask.sum(-1)
-
-    def input_ids(self) -> Tensor:
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    def attention_mask(self) -> Tensor:
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    def select(self, idx) -> "Rollouts":
-        """The rows ``idx`` (a slice or an index tensor) as a new batch."""
-        rows = range(len(self.texts))[idx] if isinstance(idx, slice) else idx.tolist()
-        return Rollouts(
-            prompt_ids=self.prompt_ids[idx], prompt_mask=self.prompt_mask[idx],
-            response_ids=self.response_ids[idx], response_mask=self.response_mask[idx],
-            texts=[self.texts[i] for i in rows], truncated=self.truncated[idx],
-            rollout_logp=None if self.rollout_logp is None else self.rollout_logp[idx],
-        )
+from ..config import BACKENDS as DECLARED_BACKENDS
+from ..registry import Registry, registry
+from .base import Rollouts, Sampler, encode_prompts, finish_rollouts, response_mask_from_ids, tis_weights
+from .hf import HFRollout, hf_for_checkpoint, hf_for_training
+from .vllm import VLLMRollout, vllm_for_checkpoint, vllm_for_training
 
 
-class Sampler(Protocol):
-    """What the RL loop and the evaluation need of a rollout backend."""
+@dataclass(frozen=True)
+class Backend:
+    """A sampling backend by name: how to build its sampler for training and for evaluating a checkpoint."""
 
-    tok: object
-    batch_size: int
-
-    def generate(self, prompts: list[str], n: int, seed: int, greedy: bool = False) -> Rollouts: ...
-
-    def sync(self, policy, version: int) -> None: ...
-
-    def sleep(self) -> None: ...
-
-    def wake(self) -> None: ...
+    name: str
+    for_training: Callable[..., Sampler]
+    """``(rollout_cfg, policy, tokenizer, *, base_dir, model_cfg, max_new_tokens, temperature, seed, work_dir)``"""
+    for_checkpoint: Callable[..., tuple]
+    """``(base_dir, adapter_dir, model_cfg, rollout_cfg, *, max_new_tokens, temperature, batch_size)`` ->
+    ``(sampler, model)``; ``model`` computes the evaluation's entropies (None: the backend has none)"""
 
 
-def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
-    """Mask ``[B, T]`` that keeps tokens up to and including the first EOS; and the ``[B]`` truncated flags."""
-    is_eos = response_ids == eos_id
-    seen_before = (torch.cumsum(is_eos.int(), dim=1) - is_eos.int()) > 0  # an EOS occurred strictly earlier
-    mask = (~seen_before).long()
-    truncated = ~is_eos.any(dim=1)
-    return mask, truncated
-
-
-def encode_prompts(tokenizer, prompts: list[str], n: int) -> tuple[Tensor, Tensor]:
-    """Each prompt repeated ``n`` times (groups contiguous), tokenized without special tokens and left-padded:
-    ``[B, P]`` ids and attention mask. Every backend samples from exactly these tokens."""
-    expanded = [p for p in prompts for _ in range(n)]
-    enc = tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def finish_rollouts(tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                    rollout_logp: Tensor | None = None, lengths: Tensor | None = None,
-                    truncated: Tensor | None = None) -> Rollouts:
-    """Rollouts from ``[B, T]`` sampled ids (padded to the cap): the mask up to the first EOS (or the first
-    ``lengths`` tokens, when the backend reports where it stopped, with its ``truncated`` flags), padding after it,
-    and the decoded texts."""
-    if lengths is None:
-        response_mask, truncated = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
-    else:
-        response_mask = (torch.arange(response_ids.shape[1], device=response_ids.device)[None, :] < lengths[:, None]).long()
-    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
-    if rollout_logp is not None:
-        rollout_logp = rollout_logp.masked_fill(response_mask == 0, 0.0)
-    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                    response_mask=response_mask, texts=texts, truncated=truncated, rollout_logp=rollout_logp)
-
-
-def tis_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, dict[str, float]]:
-    """Truncated importance sampling for the train/inference mismatch, per token, detached (``[B, T]``).
-
-    The sampler (vLLM, bf16 kernels, its own 4-bit dequantization) and the trainer assign slightly different
-    probabilities to the same tokens, so the responses are drawn from ``pi_rollout``, not from the ``pi_old`` the
-    objective's ratio assumes. The correction weights each token's policy loss by
-    ``w = min(pi_old / pi_rollout, C)`` (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy
-    RL Training"; verl ``rollout_is`` in token/truncate mode), 0 at padding. Also returns the mismatch diagnostics:
-    the weights' mean, the share of tokens at the cap, and the k3 estimate of KL(pi_rollout || pi_old)."""
-    m = mask.to(torch.float32)
-    d = (old_logp.detach().float() - rollout_logp.float()).clamp(-20.0, 20.0) * m  # log pi_old - log pi_rollout
-    ratio = d.exp()
-    w = ratio.clamp(max=cap) * m
-    n = m.sum().clamp(min=1.0)
-    info = {"stats/tis_weight_mean": (w.sum() / n).item(),
-            "stats/tis_capped_frac": (((ratio > cap).float() * m).sum() / n).item(),
-            "stats/kl_rollout": (((ratio - d - 1.0) * m).sum() / n).item()}
-    return w, info
-
-
-from .hf import HFRollout  # noqa: E402  (the backends use the helpers above)
-
-BACKENDS = ("hf", "vllm")
-"""rollout backends by name (``rl.rollout.backend``)"""
+BACKENDS: Registry[Backend] = registry("rollout backend", DECLARED_BACKENDS, "entropy_rl.config.BACKENDS")
+BACKENDS.register("hf", Backend("hf", hf_for_training, hf_for_checkpoint))
+BACKENDS.register("vllm", Backend("vllm", vllm_for_training, vllm_for_checkpoint))
 
 
 def make_sampler(rollout_cfg, policy, tokenizer, *, base_dir, model_cfg, max_new_tokens: int, temperature: float,
                  seed: int = 0, work_dir=None) -> Sampler:
     """The sampler named by ``rollout_cfg.backend`` for ``policy`` (a PEFT model on the base in ``base_dir``)."""
-    if rollout_cfg.backend == "hf":
-        return HFRollout(policy, tokenizer, max_new_tokens, temperature)
-    if rollout_cfg.backend == "vllm":
-        from .vllm import VLLMRollout
-
-        return VLLMRollout(base_dir, tokenizer, model_cfg, rollout_cfg, max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed, work_dir=work_dir,
-                           device=next(policy.parameters()).device)
-    raise ValueError(f"unknown rollout backend '{rollout_cfg.backend}'; valid: {', '.join(BACKENDS)}")
+    return BACKENDS.get(rollout_cfg.backend).for_training(
+        rollout_cfg, policy, tokenizer, base_dir=base_dir, model_cfg=model_cfg, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, work_dir=work_dir)
 
 
-__all__ = ["Rollouts", "Sampler", "HFRollout", "BACKENDS", "make_sampler", "response_mask_from_ids",
-           "encode_prompts", "finish_rollouts", "tis_weights"]
+__all__ = ["Rollouts", "Sampler", "HFRollout", "VLLMRollout", "Backend", "BACKENDS", "make_sampler",
+           "response_mask_from_ids", "encode_prompts", "finish_rollouts", "tis_weights"]

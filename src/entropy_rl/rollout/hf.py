@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from . import Rollouts, encode_prompts, finish_rollouts
+from ..model import load_checkpoint_model, load_tokenizer
+from .base import Rollouts, encode_prompts, finish_rollouts
 
 
 class HFRollout:
@@ -49,3 +50,16 @@ class HFRollout:
 
     def wake(self) -> None:
         """Nothing to take back."""
+
+
+def hf_for_training(rollout_cfg, policy, tokenizer, *, base_dir, model_cfg, max_new_tokens: int, temperature: float,
+                    seed: int = 0, work_dir=None) -> HFRollout:
+    return HFRollout(policy, tokenizer, max_new_tokens, temperature)
+
+
+def hf_for_checkpoint(base_dir, adapter_dir, model_cfg, rollout_cfg, *, max_new_tokens: int, temperature: float,
+                      batch_size: int) -> tuple[HFRollout, object]:
+    """``generate`` on the checkpoint (the base plus the adapter when given, eval mode); the same model computes
+    the entropies."""
+    model = load_checkpoint_model(base_dir, adapter_dir, model_cfg)
+    return HFRollout(model, load_tokenizer(base_dir), max_new_tokens, temperature, batch_size), model

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from . import Rollouts, encode_prompts, finish_rollouts
+from ..model import load_tokenizer, resolve_source, save_adapter
+from .base import Rollouts, encode_prompts, finish_rollouts
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """the ``max_lora_rank`` values vLLM accepts"""
@@ -62,8 +63,6 @@ class VLLMRollout:
                  seed: int = 0, work_dir=None, batch_size: int = 256, device=None):
         from vllm import LLM
 
-        from ..model import resolve_source
-
         self.tok, self.max_new_tokens, self.temperature, self.batch_size = tokenizer, max_new_tokens, temperature, batch_size
         self.sleep_mode, self.sleeping, self.device = rollout_cfg.sleep_mode, False, device or torch.device("cpu")
         self.llm = LLM(**engine_kwargs(resolve_source(base_dir), model_cfg, rollout_cfg, seed=seed))
@@ -74,8 +73,6 @@ class VLLMRollout:
     def sync(self, policy, version: int) -> None:
         """Save ``policy``'s LoRA adapter and make it the adapter of the next requests (a new ``LoRARequest``)."""
         from vllm.lora.request import LoRARequest
-
-        from ..model import save_adapter
 
         if version == self.version:
             return
@@ -134,3 +131,20 @@ class VLLMRollout:
         d = self.device
         return finish_rollouts(self.tok, input_ids.to(d), attention_mask.to(d), ids.to(d),
                                None if greedy else logp.to(d), lengths.to(d), truncated.to(d))
+
+
+def vllm_for_training(rollout_cfg, policy, tokenizer, *, base_dir, model_cfg, max_new_tokens: int,
+                      temperature: float, seed: int = 0, work_dir=None) -> VLLMRollout:
+    return VLLMRollout(base_dir, tokenizer, model_cfg, rollout_cfg, max_new_tokens=max_new_tokens,
+                       temperature=temperature, seed=seed, work_dir=work_dir, device=next(policy.parameters()).device)
+
+
+def vllm_for_checkpoint(base_dir, adapter_dir, model_cfg, rollout_cfg, *, max_new_tokens: int, temperature: float,
+                        batch_size: int) -> tuple[VLLMRollout, None]:
+    """An engine on the base (4-bit when ``model.load_in_4bit``) serving the adapter as a ``LoRARequest``; engine
+    settings from ``rl.rollout``. No model for entropies: there is no trainer-side model for a second pass."""
+    sampler = VLLMRollout(base_dir, load_tokenizer(base_dir), model_cfg, rollout_cfg, max_new_tokens=max_new_tokens,
+                          temperature=temperature, batch_size=batch_size)
+    if adapter_dir:
+        sampler.load_adapter(adapter_dir)
+    return sampler, None

@@ -1,25 +1,31 @@
-"""The math benchmarks the papers report: adapters, prompt templates and the gold-answer self-check.
+"""The maths evaluation sets the papers report, and the gold-answer self-check.
 
-* :data:`BENCHMARKS`: GSM8K, MATH-500, AIME24, AIME25, AMC23, Minerva and OlympiadBench. Each reads from one
-  source interface, ``source="hub"`` (its Hugging Face hub id, from :data:`entropy_rl.data.HUB_SOURCES`) or a
-  local directory laid out like ``data/`` (the copy pinned by ``data.dvc``; ``make data``), both through
-  ``datasets.load_dataset``, and yields normalized records ``{"id", "problem", "answer", "source"}``.
-* :func:`build_prompt`: the prompt templates of the papers (the ``\\boxed{}`` instruction, through the tokenizer's
-  chat template when it has one).
+* :data:`EVAL_SETS` (``eval.benchmarks``): GSM8K, MATH-500, AIME24, AIME25, AMC23, Minerva and OlympiadBench. Each
+  reads from one source interface, ``source="hub"`` (its Hugging Face hub id, from
+  :data:`entropy_rl.data.HUB_SOURCES`) or a local directory laid out like ``data/`` (the copy pinned by
+  ``data.dvc``; ``make data``), both through ``datasets.load_dataset``, and yields normalized records
+  ``{"id", "problem", "answer", "source"}``. (The speed scripts live in the top-level ``benchmarks/`` folder.)
 * :func:`selfcheck`: every gold answer, written in several surface forms, must verify against itself
-  (``python -m entropy_rl.benchmarks selfcheck --data-dir data``; results in docs/evaluation.md).
+  (``python -m entropy_rl.evalsets selfcheck --data-dir data``; results in docs/evaluation.md).
 """
 from __future__ import annotations
 
+import argparse
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import HUB_SOURCES, read_dataset
+import pandas as pd
 
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-"""The instruction used by DeepSeekMath, Qwen2.5-Math, SimpleRL, Dr. GRPO, DAPO evaluations and others."""
+from .config import EVAL_SETS as DECLARED_EVAL_SETS
+from .data import HUB_SOURCES, gsm8k_answer, read_dataset
+from .io import write_jsonl
+from .prompts import BOXED_INSTRUCTION, build_prompt  # noqa: F401  (build_prompt: re-exported for convenience)
+from .registry import Registry, registry
+from .rewards.pool import MathVerifier
+from .tables import to_markdown
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class Benchmark:
         return HUB_SOURCES[self.file]
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
+EVAL_SETS: Registry[Benchmark] = registry("evaluation set", DECLARED_EVAL_SETS, "entropy_rl.config.EVAL_SETS")
+for _b in [
     Benchmark("gsm8k", "GSM8K", "gsm8k/test.jsonl", ("question",), gsm8k_rationale=True),
     Benchmark("math500", "MATH-500", "math_eval/math500.jsonl"),
     Benchmark("aime24", "AIME24", "math_eval/aime24.jsonl"),
@@ -53,25 +60,19 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     # math-ai/olympiadbench keeps the answer as a list under `final_answer`; the local copy has `answer`.
     Benchmark("olympiadbench", "OlympiadBench", "math_eval/olympiadbench.jsonl",
               answer_fields=("answer", "final_answer")),
-]}
+]:
+    EVAL_SETS.register(_b.name, _b)
+BENCHMARKS = EVAL_SETS
+"""the evaluation sets by name (the name the papers' tables use)"""
 
 
 def get_benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark '{name}'; valid: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name]
+    return EVAL_SETS.get(name)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Loading and normalization
 # ----------------------------------------------------------------------------------------------------------
-def gsm8k_answer(rationale: str) -> str:
-    """The number after ``####`` in a GSM8K rationale, without thousands separators (``"1,600"`` → ``"1600"``)."""
-    if "####" not in rationale:
-        raise ValueError(f"GSM8K answer without '####': {rationale[-80:]!r}")
-    return rationale.rsplit("####", 1)[1].strip().replace(",", "")
-
-
 def strip_instruction(problem: str) -> str:
     """The problem without a trailing boxed instruction (the local math_eval files already end with it)."""
     text = problem.rstrip()
@@ -109,46 +110,6 @@ def load_benchmark(name: str, source: str | Path, limit: int | None = None) -> l
     rows = load_rows(bench, source)
     n = len(rows) if not limit else min(limit, len(rows))
     return [normalize_row(bench, rows[i], i) for i in range(n)]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prompt templates
-# ----------------------------------------------------------------------------------------------------------
-def _chat(tokenizer, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _has_chat_template(tokenizer) -> bool:
-    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-
-
-def prompt_boxed(problem: str, tokenizer=None) -> str:
-    """User turn ``"<problem>\\n<boxed instruction>"``, in the chat template when the tokenizer has one
-    (Qwen2.5-Math-Instruct, DeepSeek-R1 distills, ...); else that text followed by a newline."""
-    text = f"{problem}\n{BOXED_INSTRUCTION}"
-    return _chat(tokenizer, [{"role": "user", "content": text}]) if _has_chat_template(tokenizer) else text + "\n"
-
-
-def prompt_qwen_math(problem: str, tokenizer=None) -> str:
-    """The instruction as the system turn and the problem as the user turn: Qwen2.5-Math's evaluation prompt,
-    the ``qwen_math`` template of Dr. GRPO (understand-r1-zero). Without a chat template, as ``boxed``."""
-    if not _has_chat_template(tokenizer):
-        return prompt_boxed(problem, None)
-    return _chat(tokenizer, [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": problem}])
-
-
-def prompt_plain(problem: str, tokenizer=None) -> str:
-    """The problem text as is (the synthetic task, whose model was trained on bare ``a+b=`` prompts)."""
-    return problem
-
-
-TEMPLATES = {"boxed": prompt_boxed, "qwen_math": prompt_qwen_math, "plain": prompt_plain}
-
-
-def build_prompt(problem: str, tokenizer=None, template: str = "boxed") -> str:
-    if template not in TEMPLATES:
-        raise KeyError(f"unknown prompt template '{template}'; valid: {', '.join(TEMPLATES)}")
-    return TEMPLATES[template](problem, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,8 +191,6 @@ FORMS = ["boxed", "sentence", "plain", "dfrac", "percent", "degree", "degree_sym
 def selfcheck_table(rows: list[dict]):
     """Per benchmark (rows) and surface form (columns): ``"agreeing/total"`` cells (agreeing = judged correct,
     or for ``other_gold`` judged incorrect), and the agreement rates."""
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     counts = df.groupby(["benchmark", "form"])["agrees"].agg(["sum", "count"])
     cells = (counts["sum"].astype(int).astype(str) + "/" + counts["count"].astype(str)).unstack("form").fillna("")
@@ -241,10 +200,7 @@ def selfcheck_table(rows: list[dict]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import time
-
-    ap = argparse.ArgumentParser(prog="python -m entropy_rl.benchmarks", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m entropy_rl.evalsets", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sc = sub.add_parser("selfcheck", help="verify every gold answer against itself in several surface forms")
     sc.add_argument("--data-dir", required=True, help="a local copy in the data/ layout, or 'hub'")
@@ -256,16 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--raw", action="store_true", help="skip the verifier's normalize() step (to measure it)")
     args = ap.parse_args(argv)
 
-    from .io import write_jsonl
-    from .rewards.pool import MathVerifier
-
     t0 = time.monotonic()
     records = [r for b in args.benchmarks for r in load_benchmark(b, args.data_dir, args.limit or None)]
     with MathVerifier(workers=args.workers or None, timeout=args.timeout, normalized=not args.raw) as v:
         rows = selfcheck(records, v)
         stats = dict(v.pool.stats)
-    from .report import to_markdown
-
     cells, _ = selfcheck_table(rows)
     print(to_markdown(cells))
     failures = [r for r in rows if not r["agrees"]]

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from entropy_rl import benchmarks as B
-from entropy_rl.benchmarks import BENCHMARKS, BOXED_INSTRUCTION, build_prompt, load_benchmark, surface_forms
+from entropy_rl import evalsets as B
+from entropy_rl.evalsets import BENCHMARKS, BOXED_INSTRUCTION, build_prompt, load_benchmark, surface_forms
 from entropy_rl.data import HUB_SOURCES
 from entropy_rl.rewards.pool import MathVerifier
 
@@ -142,7 +142,7 @@ def test_shared_copy_loads_in_full():
 
 @needs_shared
 def test_selfcheck_sample_of_the_shared_copy(verifier):
-    """Every 16th problem of every benchmark (the full check is `python -m entropy_rl.benchmarks selfcheck`,
+    """Every 16th problem of every benchmark (the full check is `python -m entropy_rl.evalsets selfcheck`,
     recorded in docs/evaluation.md)."""
     records = [r for b in BENCHMARKS for r in load_benchmark(b, SHARED_DATA)[::16]]
     rows = B.selfcheck(records, verifier)

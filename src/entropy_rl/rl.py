@@ -21,8 +21,9 @@ from typing import Callable
 
 import torch
 
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
 from .advantages import get_advantage, mixed_groups, overlong_penalty, solved_fraction
-from .benchmarks import build_prompt
 from .config import RLConfig, config_hash
 from .evaluate import evaluate
 from .io import atomic_path
@@ -30,8 +31,34 @@ from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, ini
                          update_controller_state)
 from .policy import frozen_stats, policy_stats
 from .progress import progress
+from .prompts import build_prompt
 from .rollout import HFRollout, Rollouts, tis_weights
-from .token_stats import DEFAULT_TOP_P, TokenStats
+from .token_stats import TokenStats
+
+LOOP_METRICS = {
+    "step": "RL step (one rollout batch and its updates), from 1",
+    "reward/mean": "mean verifiable reward of the step's rollouts",
+    "stats/entropy_rollout": "full-vocabulary token entropy of the policy that sampled the batch (before its updates)",
+    "stats/kl_ref": "k3 KL of the sampling policy to the reference (the frozen base), token mean",
+    "stats/response_length": "mean response length in tokens (including EOS)",
+    "stats/truncation_rate": "fraction of responses that hit `max_new_tokens` without EOS",
+    "stats/unique_responses": "distinct responses / all responses in the batch",
+    "stats/groups_all_correct": "groups whose G rewards are all 1 (zero advantage)",
+    "stats/groups_all_wrong": "groups whose G rewards are all 0 (zero advantage)",
+    "stats/grad_norm": "gradient norm before clipping, mean over updates",
+    "stats/filtered_groups": "(dynamic sampling) groups dropped because their rewards all agreed",
+    "stats/gen_batches": "generation batches needed to fill the step (1 without dynamic sampling)",
+    "stats/overlong_penalty": "mean DAPO soft overlong penalty added to the rewards (0 when off)",
+    "stats/tis_weight_mean": "mean truncated importance-sampling weight min(π_old/π_rollout, C) over response tokens "
+                             "(only when the mismatch correction is on: `rl.rollout.tis`, a backend that reports log-probs)",
+    "stats/tis_capped_frac": "share of response tokens whose ratio π_old/π_rollout exceeded the cap C (`rl.rollout.tis_cap`)",
+    "stats/kl_rollout": "k3 estimate of KL(π_rollout ‖ π_old) over response tokens: how far the sampler's distribution "
+                        "is from the trainer's",
+    "heldout/pass@1": "in-training evaluation on `rl.eval_prompts` held-out prompts, 4 samples each: pass@1",
+    "heldout/entropy": "in-training evaluation: token entropy of the held-out samples",
+    "heldout/length": "in-training evaluation: mean length of the held-out samples",
+}
+"""the glossary of what the loop itself logs (docs/metrics.md is generated from this and the objectives' registrations)"""
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -241,7 +268,7 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
         passes = [(batch, mb, 1.0)]
     else:
         scope = None
-        if cfg.minibatch_scope:
+        if cfg.needs().stat_scope == "minibatch":
             cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature, batch_size=rl.forward_batch_size),
                                     cfg.logprob_dtype)  # params fixed
             scope = StatScope(logp=cur.logp, entropy=cur.entropy, old_logp=batch.old_logp,
@@ -254,7 +281,7 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
                 micro.seed = batch.seed * n_micro + j  # its own random draws per micro-batch
             passes.append((micro, mb.select(rows), agg_denominator(micro.mask, cfg.agg) / total))
     for micro, ro_micro, weight in passes:
-        stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=getattr(cfg, "top_p", DEFAULT_TOP_P))
+        stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=cfg.needs().top_p)
         stats = logprob_precision(stats, cfg.logprob_dtype)
         loss, m = run.loss_fn(micro, stats, cfg, run.state)
         if not torch.isfinite(loss):
@@ -279,7 +306,7 @@ def use_tis(mode: str, ro: Rollouts) -> bool:
 
 def logprob_precision(stats: TokenStats, dtype: str) -> TokenStats:
     """``stats`` with its log-probs rounded to ``dtype`` and back (``logprob_dtype``: the REPO/ADAPO precision
-    experiment, methods.md §2 Theorem 3, §9); gradients pass the rounding. ``float32``: ``stats`` unchanged."""
+    experiment, docs/methods.md §2 Theorem 3, §9); gradients pass the rounding. ``float32``: ``stats`` unchanged."""
     if dtype == "float32":
         return stats
     return dataclasses.replace(stats, logp=stats.logp.to(getattr(torch, dtype)).to(stats.logp.dtype))
@@ -315,8 +342,6 @@ def _resume_key(run: RLRun) -> str:
 
 
 def save_checkpoint(path: str | Path, run: RLRun, step: int, log: list[dict], evals: list[dict]) -> None:
-    from peft import get_peft_model_state_dict
-
     payload = {
         "step": step, "key": _resume_key(run), "log": log, "evals": evals, "state": run.state,
         "adapter": get_peft_model_state_dict(run.policy), "optimizer": run.optimizer.state_dict(),
@@ -328,8 +353,6 @@ def save_checkpoint(path: str | Path, run: RLRun, step: int, log: list[dict], ev
 
 def load_checkpoint(path: str | Path, run: RLRun) -> tuple[int, list[dict], list[dict]] | None:
     """Restore ``run`` from ``path``; None when there is none or it belongs to other settings."""
-    from peft import set_peft_model_state_dict
-
     path = Path(path)
     if not path.exists():
         return None
