@@ -44,6 +44,7 @@ from . import covariance  # noqa: F401,E402  (registers "clip_cov", "kl_cov", "c
 from . import erpo  # noqa: F401,E402  (registers "erpo")
 from . import repo  # noqa: F401,E402  (registers "repo", "repo_r", "adapo")
 from . import paec  # noqa: F401,E402  (registers "paec")
+from . import whitened  # noqa: F401,E402  (registers "grpo_whitened", the example of docs/adding-an-objective.md)
 
 __all__ = [
     "AGG_MODES", "agg_loss", "agg_denominator", "CLAIM_FIGURES", "OBJECTIVES", "SPECS", "STAT_SCOPES", "Claim",
