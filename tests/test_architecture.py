@@ -74,7 +74,7 @@ def test_the_graph_sees_relative_and_submodule_imports(tmp_path):
     g = depgraph.graph(pkg)
     assert {(e.target, e.in_function) for e in g["entropy_rl.a"]} == {
         ("entropy_rl.sub.b", False), ("entropy_rl.c", False), ("entropy_rl.c", True)}
-    assert depgraph.cycles(g) == [["entropy_rl.a", "entropy_rl.c"]]
+    assert depgraph.cycles(g) == [["entropy_rl.a", "entropy_rl.c", "entropy_rl.sub.b"]]  # a -> sub.b -> c -> a
 
 
 # ---------------------------------------------------------------------------------------------- registries
@@ -115,8 +115,8 @@ def test_every_objective_has_a_card_a_glossary_and_a_hand_computed_case(name):
     spec = SPECS.get(name)
     assert (ROOT / "docs" / "objectives" / f"{name}.md").exists(), f"{name}: no card docs/objectives/{name}.md"
     assert set(spec.metrics) <= set(glossary.glossary()), name
-    assert re.search(rf"^def test_{name}_hand_computed\w*\(", HAND_TESTS, re.M), \
-        f"{name}: no hand-computed test case (a test named test_{name}_hand_computed...)"
+    assert re.search(rf"^def test_{name}_\w*(hand_computed|worked)", HAND_TESTS, re.M), \
+        f"{name}: no hand-computed test case (a test named test_{name}_..._hand_computed...)"
     assert spec.module.startswith("entropy_rl.objectives."), spec.module
 
 
@@ -145,8 +145,8 @@ def test_stages_depend_on_what_their_notebooks_execute(dvc_file):
         deps = body["deps"]
         assert "constraints.txt" in deps, name
         assert "src/entropy_rl" not in deps, name  # never the whole package
-        params = [p for entry in body.get("params", []) for p in (entry if isinstance(entry, str) else
-                  next(iter(entry.values())))] if body.get("params") else []
+        params = [p for entry in body.get("params", []) for p in ([entry] if isinstance(entry, str) else
+                  next(iter(entry.values())))]
         assert "objectives" not in params, f"{name}: depends on the whole objectives section"
         if name == "rl":
             assert "objectives.${item.objective}" in params

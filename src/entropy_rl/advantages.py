@@ -6,9 +6,9 @@ Rewards arrive as ``[B]`` with the G samples of each prompt contiguous (``B = n_
   the unbiased (N-1) std and eps = 1e-6. A group whose rewards are all equal gets A = 0.
 * ``dr_grpo`` (Dr. GRPO, Liu et al. 2025): ``A = r - mean`` (no std normalization).
 * ``rloo``: leave-one-out baseline ``A_i = r_i - mean_{j != i} r_j``.
-See methods.md §5.1 and §5.3.
+See docs/methods.md §5.1 and §5.3.
 
-Two reward-level pieces of DAPO (methods.md §5.2) live here too, used by ``train.rl_step`` for any objective that
+Two reward-level pieces of DAPO (docs/methods.md §5.2) live here too, used by ``train.rl_step`` for any objective that
 switches them on: :func:`mixed_groups` (the dynamic-sampling filter) and :func:`overlong_penalty` (soft
 overlong punishment).
 """

@@ -1,4 +1,4 @@
-"""One loss-aggregation helper, used by every objective (after verl ``agg_loss``; methods.md §5.6).
+"""One loss-aggregation helper, used by every objective (after verl ``agg_loss``; docs/methods.md §5.6).
 
 ``loss`` and ``mask`` are ``[B, T]``; masked positions never count.
 
@@ -16,7 +16,7 @@ An all-masked batch gives a zero loss that still carries a (zero) gradient.
 
 Under gradient accumulation (``rl.micro_batches > 1``) each micro-batch's loss is weighted by
 ``agg_denominator(micro) / agg_denominator(mini-batch)``, so that the accumulated gradient equals the mini-batch's
-exactly (global counts, as upstream verl; methods.md §5.6 (i)).
+exactly (global counts, as upstream verl; docs/methods.md §5.6 (i)).
 """
 from __future__ import annotations
 

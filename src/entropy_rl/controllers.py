@@ -1,4 +1,4 @@
-"""Small batch-level controllers (methods.md §7 S10): pure functions on plain-dict state.
+"""Small batch-level controllers (docs/methods.md §7 S10): pure functions on plain-dict state.
 
 The state is a ``dict`` of Python numbers, so it is its own ``state_dict``: it lives in ``RLRun.state`` and is
 saved in and restored from every RL checkpoint unchanged, so a resumed run continues with the exact values.
@@ -19,7 +19,7 @@ def adaptive_coef_init(coef0: float) -> dict:
 
 
 def adaptive_coef_update(state: dict, entropy: float, *, target: float, delta: float, lo: float, hi: float) -> dict:
-    """Skywork-OR1 / TRL target-entropy controller (methods.md §5.4): after a step with mean token entropy ``entropy``,
+    """Skywork-OR1 / TRL target-entropy controller (docs/methods.md §5.4): after a step with mean token entropy ``entropy``,
     ``c <- min(c + delta, hi)`` if ``entropy <= target`` else ``max(c - delta, lo)``; remember ``entropy`` for the gate."""
     c = float(state["entropy_coef"])
     c = min(c + delta, hi) if entropy <= target else max(c - delta, lo)
@@ -36,7 +36,7 @@ def adaptive_coef_applied(state: dict, target: float) -> float:
 def anneal_scale(step: int, total_steps: int, schedule: str, start: float, final: float = 0.0) -> float:
     """Multiplier of an annealed coefficient at 0-based ``step`` of ``total_steps``: 1 until the fraction ``start``
     of training, then ``linear`` or ``cosine`` down to ``final`` at the last step (``constant``: always 1).
-    After Lei & Baehr (methods.md §4A): a covariance penalty whose coefficient goes to 0 is asymptotically unbiased."""
+    After Lei & Baehr (docs/methods.md §4A): a covariance penalty whose coefficient goes to 0 is asymptotically unbiased."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
     if schedule == "constant":
@@ -52,7 +52,7 @@ def anneal_scale(step: int, total_steps: int, schedule: str, start: float, final
 # ---------------------------------------------------------------------------------------------- entropy target
 def entropy_target(state: dict, entropy: float, fixed: float | None) -> float:
     """The target H* of an entropy controller: ``fixed`` if given, else ``state['entropy_target']``, else (after the
-    first step) that step's ``entropy`` (methods.md §2(b), §9: "the initial entropy, measured at step 0")."""
+    first step) that step's ``entropy`` (docs/methods.md §2(b), §9: "the initial entropy, measured at step 0")."""
     if fixed is not None:
         return float(fixed)
     if state.get("entropy_target") is not None:
@@ -62,7 +62,7 @@ def entropy_target(state: dict, entropy: float, fixed: float | None) -> float:
 
 # ---------------------------------------------------------------------------------------------- REPO ζ
 def zeta_update(zeta: float, entropy: float, target: float, *, lo: float, hi: float, signed: bool = True) -> float:
-    """REPO's ζ controller (methods.md §9, two-sided): entropy below target doubles a positive ζ (up to ``hi``; 0
+    """REPO's ζ controller (docs/methods.md §9, two-sided): entropy below target doubles a positive ζ (up to ``hi``; 0
     becomes ``lo``) and halves a negative one (once |ζ| would fall below ``lo`` it becomes +``lo``); entropy above
     target halves a positive ζ (below ``lo`` it becomes -``lo``) and doubles a negative one (down to -``hi``).
     ``signed=False`` keeps ζ in [lo, hi] (papernotes: double below, halve above). Equal entropy: unchanged."""
@@ -82,7 +82,7 @@ def zeta_update(zeta: float, entropy: float, target: float, *, lo: float, hi: fl
 
 # ---------------------------------------------------------------------------------------------- ADAPO ε_high
 def clip_high_update(eps: float, entropy: float, target: float, *, factor: float, lo: float, hi: float) -> float:
-    """ADAPO's adaptive upper clip (methods.md §2(f)4 [I]): ``min(eps * factor, hi)`` when entropy is below the
+    """ADAPO's adaptive upper clip (docs/methods.md §2(f)4 [I]): ``min(eps * factor, hi)`` when entropy is below the
     target, ``max(eps / factor, lo)`` above it, unchanged when equal."""
     if entropy < target:
         return min(eps * factor, hi)
@@ -99,7 +99,7 @@ def anchor_init() -> dict:
 
 def anchor_update(state: dict, value: float, window: int) -> dict:
     """Add this step's ``value`` to the running sum until ``window`` steps are seen, then freeze
-    ``anchor = sum / window`` (methods.md §3(a)4, §3(f)4: H0 from the first K = 4 steps)."""
+    ``anchor = sum / window`` (docs/methods.md §3(a)4, §3(f)4: H0 from the first K = 4 steps)."""
     if state.get("anchor") is not None:
         return dict(state)
     total, n = float(state["anchor_sum"]) + float(value), int(state["anchor_steps"]) + 1

@@ -10,13 +10,16 @@ Every record is normalized to ``{"id", "problem", "answer", "source"}``; SFT rec
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import datasets
 import yaml
 
 from .config import TASKS as DECLARED_TASKS
@@ -106,6 +109,10 @@ HUB_SOURCES = {
 }
 
 
+LICENSES = {"gsm8k/LICENSE": Path(__file__).parent / "licenses" / "gsm8k.LICENSE"}
+"""licence files pinned by data.dvc that the hub sets do not carry (GSM8K's MIT licence, from openai/grade-school-math)"""
+
+
 class DataMismatchError(RuntimeError):
     """The materialized raw data does not match the hashes pinned in data.dvc."""
 
@@ -150,7 +157,7 @@ def fetch_raw(source: str | Path, dest: str | Path = "data", dvc_file: str | Pat
     """Copy the pinned raw files from a local directory ``source`` into ``dest`` and verify their hashes.
 
     ``source`` has the layout of the project's offline copy (``gsm8k/*.jsonl``, ``math_eval/*.jsonl``),
-    for example ``../shared/data`` or a directory written by :func:`export_from_hub`.
+    for example a directory written by :func:`export_from_hub` (what ``--source hub`` does).
     """
     source, dest = Path(source), Path(dest)
     if not source.is_dir():
@@ -168,16 +175,19 @@ def fetch_raw(source: str | Path, dest: str | Path = "data", dvc_file: str | Pat
     return verify_raw(dest, dvc_file)
 
 
-def export_from_hub(dest: str | Path) -> None:  # pragma: no cover - needs the network
-    """Write the raw sets from their hub ids (``HUB_SOURCES``) into ``dest`` in the offline layout.
+def export_from_hub(dest: str | Path, load: Callable = None) -> None:
+    """Write the raw sets from their hub ids (``HUB_SOURCES``) into ``dest`` in the offline layout; ``load`` is
+    ``datasets.load_dataset`` unless given (tests pass a stand-in: there is no network here).
 
     Hub snapshots can differ from the pinned copy: ``fetch_raw(dest)`` then names the files that differ.
     """
-    import datasets
-
+    load = load or datasets.load_dataset
     dest = Path(dest)
+    for rel, src in LICENSES.items():  # licences that travel with the data but live outside the hub sets
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / rel)
     for rel, (hub_id, config, split) in HUB_SOURCES.items():
-        ds = datasets.load_dataset(hub_id, config, split=split)
+        ds = load(hub_id, config, split=split)
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_json(str(path), lines=True, force_ascii=False)
@@ -186,8 +196,6 @@ def export_from_hub(dest: str | Path) -> None:  # pragma: no cover - needs the n
 def read_dataset(source: str | Path, hub: tuple[str, str | None, str], rel: str, missing: str):
     """A ``datasets.Dataset``: from the hub (``source == "hub"``; ``hub`` = id, config, split) or from the jsonl file
     ``<source>/<rel>`` of a local directory (a missing file raises ``missing.format(path=...)``)."""
-    import datasets
-
     if str(source) == "hub":
         args, kwargs = hub[:2], {"split": hub[2]}
     else:
@@ -330,19 +338,20 @@ def task_splits(cfg: DataConfig) -> dict[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Materialize the raw data pinned by data.dvc into data/")
-    ap.add_argument("--source", default="../shared/data", help="local directory with the raw sets")
+    ap = argparse.ArgumentParser(prog="python -m entropy_rl.data",
+                                 description="Materialize the raw data pinned by data.dvc into data/")
+    ap.add_argument("--source", default="hub",
+                    help="'hub' (download by the hub ids of HUB_SOURCES) or a local directory with the raw sets")
     ap.add_argument("--dest", default="data")
     ap.add_argument("--dvc-file", default="data.dvc")
-    ap.add_argument("--from-hub", action="store_true", help="export from the Hugging Face hub into --source first")
     args = ap.parse_args(argv)
-    if args.from_hub:
-        export_from_hub(args.source)
-    files = fetch_raw(args.source, args.dest, args.dvc_file)
+    if args.source == "hub":
+        with tempfile.TemporaryDirectory(prefix="entropy_rl_hub_") as tmp:
+            export_from_hub(tmp)
+            files = fetch_raw(tmp, args.dest, args.dvc_file)
+    else:
+        files = fetch_raw(args.source, args.dest, args.dvc_file)
     print(f"{len(files)} files in {args.dest}/ match {args.dvc_file}")
-
 
 if __name__ == "__main__":
     main()

@@ -115,12 +115,19 @@ def run(notebook: str | Path, output: str | Path, parameters: dict) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running-{uuid.uuid4().hex[:8]}.ipynb")
     os.environ.setdefault("ENTROPY_RL_PROGRESS", "terminal")
+    # tqdm.auto (imported by the hub libraries) warns once per kernel that ipywidgets is missing: our bars go to
+    # the terminal, so the warning is noise on every stage
+    quiet = "ignore:IProgress not found"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
     try:
         # capture_fd_output=False: what the kernel writes to its file descriptor 2 (our progress bars) reaches
-        # this terminal live instead of the notebook.
+        # this terminal live instead of the notebook. log_level=ERROR: the kernel's start-up notice that it talks
+        # to papermill over local TCP (a loopback connection of this machine) is not shown on every stage.
         papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, cwd=str(find_root()),
-                                   extra_arguments=["--IPKernelApp.capture_fd_output=False"])
+                                   extra_arguments=["--IPKernelApp.capture_fd_output=False",
+                                                    "--IPKernelApp.log_level=ERROR"])
         for text in scrub(tmp):
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
         tmp.replace(output)

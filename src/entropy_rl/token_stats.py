@@ -1,18 +1,18 @@
 """Per-token statistics of the policy from its final hidden states and LM head: one fused, chunked pass.
 
 Shapes: ``hidden [N, H]`` (the valid response positions only, flattened), ``weight [V, H]``, ``bias [V]`` or
-None, ``ids [N]``. The logits at the sampling temperature are ``z = (h W^T + b) / T`` (methods.md §0), computed in
+None, ``ids [N]``. The logits at the sampling temperature are ``z = (h W^T + b) / T`` (docs/methods.md §0), computed in
 fp32 (fp64 for fp64 inputs) from bf16/fp16/fp32 operands, and give per token
 
 * ``logp``          log pi(y | prefix) = z_y - lse(z) of the sampled token                      (differentiable)
 * ``entropy``       full-vocabulary entropy H = lse(z) - sum_v softmax(z)_v z_v                  (differentiable)
 * ``lse``           log-sum-exp of z
 * ``topp_entropy``  entropy of the renormalized nucleus V_p: the fewest top tokens with mass >= top_p, searched
-                    among the top ``top_k`` only (methods.md §3(a)1, §7 S3)
+                    among the top ``top_k`` only (docs/methods.md §3(a)1, §7 S3)
 * ``topp_size``     |V_p| (at most ``top_k``), for PAEC's normalized form H_p / log |V_p|
 * ``topp_overflow`` True where the top ``top_k`` tokens hold less than ``top_p`` of the mass (the nucleus is larger
                     than K; ``topp_entropy`` and ``topp_size`` are then those of the top K, renormalized)
-* ``top2_gap``      log pi(v1) - log pi(v2) >= 0 of the two most likely tokens (0 on a tie; methods.md §7 S4)
+* ``top2_gap``      log pi(v1) - log pi(v2) >= 0 of the two most likely tokens (0 on a tie; docs/methods.md §7 S4)
 
 Only ``logp`` and ``entropy`` carry gradients (to the hidden states, the weight and the bias); the other fields are
 read-only statistics (masks, thresholds, diagnostics) and are returned without gradient.
@@ -40,9 +40,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 DEFAULT_TOP_P = 0.9
-"""nucleus mass for ``topp_entropy`` (PAEC's p is not reported; 0.9 is our choice, methods.md §3(b))"""
+"""nucleus mass for ``topp_entropy`` (PAEC's p is not reported; 0.9 is our choice, docs/methods.md §3(b))"""
 DEFAULT_TOP_K = 256
-"""cap on the nucleus size (methods.md §3(f)2)"""
+"""cap on the nucleus size (docs/methods.md §3(f)2)"""
 DEFAULT_VOCAB_CHUNK_SIZE = 32768
 """vocabulary columns per tile"""
 TILE_ELEMENTS = 1024 * 32768

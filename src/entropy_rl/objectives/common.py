@@ -1,5 +1,5 @@
 """Pieces shared by the policy-gradient objectives: the clipped surrogate, the k3 KL, the statistic scope and the
-diagnostics every objective logs (methods.md §0, §5.1, §7)."""
+diagnostics every objective logs (docs/methods.md §0, §5.1, §7)."""
 from __future__ import annotations
 
 import torch
@@ -53,7 +53,7 @@ def resolve_l_max(cfg, batch: RLBatch) -> int:
 
 
 def stat_scope(batch: RLBatch, stats: TokenStats, scope: str) -> StatScope:
-    """The tokens a selection statistic is taken over (methods.md §4B(f)2, §5.5, §7 S5), detached.
+    """The tokens a selection statistic is taken over (docs/methods.md §4B(f)2, §5.5, §7 S5), detached.
 
     ``microbatch``: the batch at hand (under gradient accumulation, one micro-batch: verl's reference code).
     ``minibatch``: the whole mini-batch: ``batch.scope`` when the loop hands a micro-batch of it, else the batch at

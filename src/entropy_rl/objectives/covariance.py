@@ -1,5 +1,5 @@
 """Covariance-based entropy control: Clip-Cov and KL-Cov (Cui et al.) and the annealed covariance regularizer
-(after Lei & Baehr); methods.md §4A, §4B, §7 S5.
+(after Lei & Baehr); docs/methods.md §4A, §4B, §7 S5.
 
 Token covariance over the ``N`` valid tokens of the statistic's scope (detached, >= fp32):
 ``cov_t = (logp_t - mean logp) (A_t - mean A)``. Shapes: every tensor ``[B, T]``.
@@ -138,7 +138,7 @@ def clip_cov(batch: RLBatch, stats: TokenStats, cfg: ClipCovConfig, state: dict 
     Adapted from PRIME-RL/Entropy-Mechanism-of-RL and verl ``compute_policy_loss_clip_cov`` [P].
     Deviation: r = 0 detaches nothing (verl's ``max(..., 1)`` would still detach one token).
     Deviation: statistics over the mini-batch by default (verl: each micro-batch; ``stat_scope: microbatch``).
-    Card: docs/objectives/clip_cov.md; methods.md §4B.
+    Card: docs/objectives/clip_cov.md; docs/methods.md §4B.
 
     Args:
         batch: old log-probs, advantages, mask, ``seed`` of the random subset, ``[B, T]``.
@@ -191,7 +191,7 @@ def kl_cov(batch: RLBatch, stats: TokenStats, cfg: KLCovConfig, state: dict | No
     beta KL(pi_old || pi); the code's |log r| is followed).
     Deviation: k is a fraction (upstream verl), not a percent (authors' ``k_percent``); the tiny default 1e-2 is [I].
     Deviation: statistics over the mini-batch by default (verl: each micro-batch; ``stat_scope: microbatch``).
-    Card: docs/objectives/kl_cov.md; methods.md §4B.
+    Card: docs/objectives/kl_cov.md; docs/methods.md §4B.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.
@@ -210,7 +210,7 @@ class CovAnnealedConfig(CovBand, KLCovConfig):
     schedule: str = "cosine"
     """decay shape of the coefficient after `anneal_start`: `cosine`, `linear` or `constant` (no annealing)"""
     anneal_start: float = 0.5
-    """fraction of training before the decay starts (methods.md §4A: decay over the last 30-50 %)"""
+    """fraction of training before the decay starts (docs/methods.md §4A: decay over the last 30-50 %)"""
     anneal_final: float = 0.0
     """multiplier of the coefficient at the last step (0: the asymptotically unbiased limit)"""
     clip_low: float = 1.0
@@ -244,8 +244,8 @@ def cov_annealed(batch: RLBatch, stats: TokenStats, cfg: CovAnnealedConfig, stat
     "asymptotically unbiased when the regularization coefficient is annealed"), on Cui et al.'s KL-Cov/Clip-Cov.
     ``beta_s = beta * s(step)`` (KL-Cov) or ``r_s = r * s(step)`` (Clip-Cov), ``s = 1`` until ``anneal_start`` of
     training, then a cosine (or linear) decay to ``anneal_final`` at the last step.
-    Deviation: the paper's method section was not available; the schedule is our interpretation [I] of methods.md §4A.
-    Card: docs/objectives/cov_annealed.md; methods.md §4A, §4B.
+    Deviation: the paper's method section was not available; the schedule is our interpretation [I] of docs/methods.md §4A.
+    Card: docs/objectives/cov_annealed.md; docs/methods.md §4A, §4B.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.

@@ -1,5 +1,5 @@
 """Entropy-based objectives: the entropy bonus (fixed or adaptive coefficient) and the 80/20 high-entropy token
-mask (methods.md §5.4, §5.5). Both build on the GRPO-family clipped surrogate of ``grpo.py``.
+mask (docs/methods.md §5.4, §5.5). Both build on the GRPO-family clipped surrogate of ``grpo.py``.
 
 Shapes: every tensor ``[B, T]``; ``N`` = valid tokens of the statistic's scope.
 """
@@ -84,7 +84,7 @@ def entropy_bonus(batch: RLBatch, stats: TokenStats, cfg: EntropyBonusConfig, st
     applies only while the previous step's entropy <= target.
     Deviation: the controller updates once per RL step on its mean entropy (TRL: once per optimizer step).
     Deviation: no entropy measured yet (first step) means no bonus in adaptive mode [I].
-    Card: docs/objectives/entropy_bonus.md; methods.md §5.4.
+    Card: docs/objectives/entropy_bonus.md; docs/methods.md §5.4.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.
@@ -106,7 +106,7 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, rho: float) -> tuple[Tensor
     """Tokens whose entropy is >= tau, the top-``rho`` threshold over the valid tokens of ``mask``; and tau.
 
     tau is TRL's ``torch.quantile(H_valid, 1 - rho)`` (linear interpolation), reproduced without ``torch.quantile``
-    (it fails above 2^24 elements; methods.md §5.5, §7 S8): with ``j = ceil((1 - rho)(N - 1))``, tau is the
+    (it fails above 2^24 elements; docs/methods.md §5.5, §7 S8): with ``j = ceil((1 - rho)(N - 1))``, tau is the
     ``(j + 1)``-th smallest valid entropy (``kthvalue``), and ``H >= tau`` selects exactly the tokens
     ``H >= quantile`` does, ties included. ``rho = 1`` keeps every valid token; ``N = 0`` keeps none.
     """
@@ -147,7 +147,7 @@ def high_entropy_mask_loss(batch: RLBatch, stats: TokenStats, cfg: HighEntropyMa
     entropies of the current forward pass, detached; threshold by ``kthvalue`` instead of ``torch.quantile``.
     Deviation: the threshold's scope is the update's mini-batch by default (TRL: each micro-step's gathered
     tokens; the paper: the training batch); ``stat_scope: microbatch`` gives TRL's.
-    Card: docs/objectives/high_entropy_mask.md; methods.md §5.5.
+    Card: docs/objectives/high_entropy_mask.md; docs/methods.md §5.5.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``; ``scope`` under gradient accumulation.

@@ -1,4 +1,4 @@
-"""ERPO: token-level entropy-regulated advantages (methods.md §1, §7 S6-S7, §9). The paper's method section was not
+"""ERPO: token-level entropy-regulated advantages (docs/methods.md §1, §7 S6-S7, §9). The paper's method section was not
 available: every equation is [S] (a notes file and a third-party re-implementation) or [I], behind an option.
 
     z_G(x)   = (x - mean_G x) / (std_G x + eps)           over the valid tokens of one prompt group (Bessel std)
@@ -40,7 +40,7 @@ class ERPOConfig(GRPOConfig):
     gate: bool = True
     """entropy-aware gate; false = W = 1 everywhere (the gate ablation)"""
     gate_on_advantage: bool = True
-    """W redistributes the group advantage within each response, its per-response sum preserved (methods.md §1(a)6)"""
+    """W redistributes the group advantage within each response, its per-response sum preserved (docs/methods.md §1(a)6)"""
     gate_on_progress: bool = True
     """W multiplies the synthesis term (the notes' formula Psi = W sgn(A) s~; the re-implementation's code omits it)"""
     synthesis: bool = True
@@ -54,7 +54,7 @@ class ERPOConfig(GRPOConfig):
     """H and log pi from the rollout pass over whole groups `rollout`, or from this update's forward pass (groups
     pooled over the rows present in the batch) `current`"""
     min_bucket_tokens: int = 2
-    """a bucket (or group) with fewer valid tokens gets s~ = 0 (methods.md §1(f)5)"""
+    """a bucket (or group) with fewer valid tokens gets s~ = 0 (docs/methods.md §1(f)5)"""
     eps: float = 1e-6
     """epsilon of the z-scores"""
 
@@ -82,7 +82,7 @@ def segment_zscore(x: Tensor, mask: Tensor, keys: Tensor, n_keys: int, eps: floa
                    ) -> tuple[Tensor, Tensor]:
     """z-score of ``x`` within segments: ``keys [B, T]`` in ``0..n_keys-1`` name each token's segment; mean and
     Bessel-corrected std over the segment's valid tokens (std 0 for one token), one ``index_add_`` pass each
-    (methods.md §7 S6). Tokens of segments with fewer than ``min_count`` valid tokens, and padding, get 0.
+    (docs/methods.md §7 S6). Tokens of segments with fewer than ``min_count`` valid tokens, and padding, get 0.
     Returns the z-scores and each token's segment size ``[B, T]``."""
     sel = mask.bool()
     k, v = keys[sel], x[sel]  # [N]
@@ -177,7 +177,7 @@ def erpo(batch: RLBatch, stats: TokenStats, cfg: ERPOConfig, state: dict | None 
     gamma 5, K 10, eta 0.2, beta_p 0.1.
     Deviation: H and log pi come from the rollout pass over whole groups, as mini-batches split groups
     (``stats_from``) [I]; full-vocabulary H (the re-implementation: top-50 log-probs), z-scored per group [I].
-    Card: docs/objectives/erpo.md; methods.md §1, §9.
+    Card: docs/objectives/erpo.md; docs/methods.md §1, §9.
 
     Args:
         batch: old/ref log-probs, group advantages, mask, ``group_ids``, ``old_entropy``; ``rollout`` and

@@ -1,5 +1,5 @@
 """The GRPO family: GRPO, Dr. GRPO and DAPO share one clipped surrogate and differ in advantage, aggregation,
-clip range and rollout-level options (methods.md §5.1-§5.3, §5.6).
+clip range and rollout-level options (docs/methods.md §5.1-§5.3, §5.6).
 
     loss = agg( max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) ; M ) + beta * agg( KL_k3 ; M )
 
@@ -89,7 +89,7 @@ def grpo(batch: RLBatch, stats: TokenStats, cfg: GRPOConfig, state: dict | None 
     ``J = E[1/G sum_i 1/|o_i| sum_t {min(r A, clip(r, 1-eps, 1+eps) A) - beta KL_k3}]``,
     ``A_i = (R_i - mean(R)) / (std(R) + 1e-6)`` (unbiased std, verl). Defaults [P]: eps = 0.2, seq-mean-token-mean.
     Deviation: beta = 0 in the tiny preset (paper 0.04), switch with ``kl_coef``.
-    Card: docs/objectives/grpo.md; methods.md §5.1.
+    Card: docs/objectives/grpo.md; docs/methods.md §5.1.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``; ``ref_logp`` when ``cfg.kl_coef > 0``.
@@ -118,7 +118,7 @@ def dr_grpo(batch: RLBatch, stats: TokenStats, cfg: DrGRPOConfig, state: dict | 
     Adapted from sail-sg/understand-r1-zero ``train_zero_math.py`` (``masked_sum(..., constant_normalizer=
     generate_max_length)``, then the batch mean) [P].
     Deviation: L_max defaults to ``rl.max_new_tokens`` of the profile (oat: ``generate_max_length`` = 3000).
-    Card: docs/objectives/dr_grpo.md; methods.md §5.3, §5.6 (ii).
+    Card: docs/objectives/dr_grpo.md; docs/methods.md §5.3, §5.6 (ii).
 
     Args:
         batch: old log-probs, advantages (R - mean R, broadcast), mask, ``l_max`` (the length cap), ``[B, T]``.
@@ -154,7 +154,7 @@ def dapo(batch: RLBatch, stats: TokenStats, cfg: DAPOConfig, state: dict | None 
     rollouts and rewards in ``train.rl_step`` (options on ``ObjectiveConfig``).
     Deviation: L_cache is a fraction of the profile's length cap (0.2, as 4096 of 20480), not a token count.
     Deviation: each generation batch has ``prompts_per_step`` prompts (DAPO's recipe generates 3x per round).
-    Card: docs/objectives/dapo.md; methods.md §5.2.
+    Card: docs/objectives/dapo.md; docs/methods.md §5.2.
 
     Args:
         batch: old log-probs, advantages (from the overlong-shaped rewards) and mask, ``[B, T]``.

@@ -1,4 +1,4 @@
-"""PAEC: position-aware entropy calibration (methods.md §3, §7 S3, S4, S8, S9, §9). The paper's method section was
+"""PAEC: position-aware entropy calibration (docs/methods.md §3, §7 S3, S4, S8, S9, §9). The paper's method section was
 not available: the forms below are [S] (knowledge-graph notes, a machine-written summary) or [I], behind options.
 
     H^_t = H_p,t / log |V_p,t|   (0 if |V_p| = 1)          normalized local top-p entropy
@@ -33,9 +33,9 @@ class PAECConfig(GRPOConfig):
     rho: float = 0.8
     """quantile of the mask score: the positions at or above it (the top 1 - rho = 20 %) are masked (notes: 0.8)"""
     rho_min: float = 0.8
-    """the floor is rho_min * H0 (methods.md §3(f)4)"""
+    """the floor is rho_min * H0 (docs/methods.md §3(f)4)"""
     coef: float = 10.0
-    """lambda, weight of the floor penalty (methods.md §3(f)4: 1-10)"""
+    """lambda, weight of the floor penalty (docs/methods.md §3(f)4: 1-10)"""
     anchor_steps: int = 4
     """K: H0 is the mean masked entropy of the first K steps, with no penalty (notes: 4)"""
     penalty: bool = True
@@ -51,7 +51,7 @@ class PAECConfig(GRPOConfig):
     top_p: float = DEFAULT_TOP_P
     """nucleus mass p of the local top-p entropy (the loop passes it to the forward pass)"""
     bonus_coef: float = 0.0
-    """weight of a masked entropy bonus -beta * Hbar besides the floor penalty (methods.md §9: may exist; off)"""
+    """weight of a masked entropy bonus -beta * Hbar besides the floor penalty (docs/methods.md §9: may exist; off)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -118,7 +118,7 @@ def paec(batch: RLBatch, stats: TokenStats, cfg: PAECConfig, state: dict | None 
     Hbar)]^2``, Hbar the masked mean entropy, H0 from the first K = 4 steps.
     Deviation: the mask's form, rho_min = 0.8, lambda = 10, p = 0.9, w = 0.5 and T_m = 0.1 are ours [I].
     Deviation: Hbar uses the full-vocabulary entropy with gradient (the top-p entropy has none) [I].
-    Card: docs/objectives/paec.md; methods.md §3, §9.
+    Card: docs/objectives/paec.md; docs/methods.md §3, §9.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.

@@ -1,5 +1,5 @@
 """Entropy-preserving RL (Petrenko et al.): REPO and REPO-R (advantage modifications with the ζ controller) and
-ADAPO (adaptive asymmetric clipping); methods.md §2, §7 S10, §9. The paper's method section was not available: the
+ADAPO (adaptive asymmetric clipping); docs/methods.md §2, §7 S10, §9. The paper's method section was not available: the
 forms are [S] (papernotes, the SkyRL PR) or [I], each behind an option. All three layer on the DAPO recipe (§9).
 
     REPO    A' = A - zeta L                                         L = log pi + H  (or log pi)
@@ -45,9 +45,9 @@ class REPOConfig(EntropyTarget, DAPOConfig):
     zeta_max: float = 0.05
     """upper bound of |zeta| (REPO-R: 0.05, paper App. D.2)"""
     signed: bool = True
-    """the controller may flip zeta's sign to push entropy down (methods.md §9); false keeps zeta in [zeta_min, zeta_max]"""
+    """the controller may flip zeta's sign to push entropy down (docs/methods.md §9); false keeps zeta in [zeta_min, zeta_max]"""
     logp_floor: float = -20.0
-    """log pi is clamped below at this value before it enters L (methods.md §9)"""
+    """log pi is clamped below at this value before it enters L (docs/methods.md §9)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,7 +63,7 @@ class REPORConfig(REPOConfig):
     centered: bool = False
     """raw log pi of the sampled token (SkyRL PR: "a practical stand-in for the centred L"); true = log pi + H"""
     positive_only: bool = False
-    """rescale positive advantages only (beta = zeta max(A, 0); possibly the submitted version, methods.md §9)"""
+    """rescale positive advantages only (beta = zeta max(A, 0); possibly the submitted version, docs/methods.md §9)"""
 
 
 def repo_advantage(adv: Tensor, logp: Tensor, entropy: Tensor, mask: Tensor, zeta: float, *, centered: bool,
@@ -127,8 +127,8 @@ def repo(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None 
     Petrenko et al. 2026, "Entropy-Preserving Reinforcement Learning", https://arxiv.org/abs/2603.11682 (abstract
     [P]; equations [S] papernotes): Theorem 1, ``dH ~ -E[A L pi]`` with ``L = log pi + H``; REPO
     ``A_REPO = A - beta_s L`` removes the correlation of A and log pi that drives entropy collapse.
-    Deviation: beta_s = zeta, one scalar per step from the REPO-R controller and bounds (methods.md §9) [I].
-    Card: docs/objectives/repo.md; methods.md §2, §9.
+    Deviation: beta_s = zeta, one scalar per step from the REPO-R controller and bounds (docs/methods.md §9) [I].
+    Card: docs/objectives/repo.md; docs/methods.md §2, §9.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.
@@ -151,9 +151,9 @@ def repo_r(batch: RLBatch, stats: TokenStats, cfg: REPORConfig, state: dict | No
     Petrenko et al. 2026, https://arxiv.org/abs/2603.11682 (App. D.2 per the SkyRL PR #1896 [S]):
     ``A+ = max(A (1 - zeta log pi), 0)``, ``A- = min(A (1 + zeta log pi), 0)`` (beta_s = zeta |A|), log pi of the sampled
     token detached and clamped at -20, after advantage normalization; zeta0 = 1e-3, |zeta| in [1e-4, 0.05], doubled
-    or halved once per iteration toward the initial entropy, with a sign flip at zeta_min (methods.md §9) [S].
+    or halved once per iteration toward the initial entropy, with a sign flip at zeta_min (docs/methods.md §9) [S].
     Deviation: the controller measures the step's mean update entropy (`stats/entropy`) [I].
-    Card: docs/objectives/repo_r.md; methods.md §2, §9.
+    Card: docs/objectives/repo_r.md; docs/methods.md §2, §9.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.
@@ -172,11 +172,11 @@ class ADAPOConfig(EntropyTarget, DAPOConfig):
     clip_high: float = 0.28
     """initial eps_high (DAPO's clip-higher 0.28); the fixed value when not `adaptive`"""
     clip_high_min: float = 0.2
-    """lower bound of eps_high (methods.md §2(f)4)"""
+    """lower bound of eps_high (docs/methods.md §2(f)4)"""
     clip_high_max: float = 0.5
-    """upper bound of eps_high (methods.md §2(f)4)"""
+    """upper bound of eps_high (docs/methods.md §2(f)4)"""
     clip_factor: float = 1.1
-    """multiplicative step c of eps_high per RL step (methods.md §2(f)4)"""
+    """multiplicative step c of eps_high per RL step (docs/methods.md §2(f)4)"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -213,11 +213,11 @@ def _clip_step(state: dict, cfg: ADAPOConfig, row: dict) -> dict:
 def adapo(batch: RLBatch, stats: TokenStats, cfg: ADAPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """ADAPO: the DAPO loss whose upper clip eps_high follows an entropy controller (adaptive asymmetric clipping).
 
-    Petrenko et al. 2026, https://arxiv.org/abs/2603.11682 (arXiv version only, methods.md §9): raise eps_high
+    Petrenko et al. 2026, https://arxiv.org/abs/2603.11682 (arXiv version only, docs/methods.md §9): raise eps_high
     when entropy is too low, lower it when too high [S papernotes]; clipping bounds the entropy change of a step
     (Theorem 2). The update rule is unknown: ``eps <- clip(eps * 1.1^(+-1), 0.2, 0.5)`` toward the initial entropy [I].
     Precision experiment: ``logprob_dtype: bfloat16`` rounds the log-probs before the ratio (Theorem 3) [I].
-    Card: docs/objectives/adapo.md; methods.md §2, §9.
+    Card: docs/objectives/adapo.md; docs/methods.md §2, §9.
 
     Args:
         batch: old log-probs, advantages and mask, ``[B, T]``.
