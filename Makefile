@@ -26,12 +26,13 @@ $(STAMP):
 
 repro: venv
 	$(BIN)/dvc repro
-	@$(BIN)/dvc metrics show
+	@$(BIN)/python -m entropy_rl.report summary
 
-# The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (37 runs, ~85 min measured on 2 cores).
+# The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (45 runs; the
+# previous layout's 37 runs took 85 min on 2 cores).
 study: venv
 	$(BIN)/dvc repro studies/dvc.yaml
-	@cat reports/tiny-seeds/claims.md
+	@cat reports/tiny-seeds/results.md
 
 # pytest exits 5 when it collects no test: say so, and do not fail on it.
 test: venv
@@ -56,8 +57,10 @@ vllm-check:
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
-# Materialize the raw public math sets pinned by data.dvc (used by the real-data profiles, not by `tiny`).
-DATA_SOURCE ?= ../shared/data
+# Materialize the raw public math sets pinned by data.dvc (used by the real-data profiles, not by `tiny`): from
+# their Hugging Face hub ids by default, or from a local copy in the same layout (`make data DATA_SOURCE=path`);
+# every file is checked against the md5 that data.dvc pins.
+DATA_SOURCE ?= hub
 data: venv
 	$(BIN)/python -m entropy_rl.data --source $(DATA_SOURCE)
 
@@ -70,3 +73,5 @@ strip-notebooks: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+include integrations.mk

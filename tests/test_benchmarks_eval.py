@@ -90,12 +90,14 @@ def test_tiny_profile_uses_the_same_code(tiny_model_dir, small_model_cfg):
     assert metrics_from_samples(rows) == metrics
 
 
-def test_backend_registry():
-    assert "hf" in E.BACKENDS
-    with pytest.raises(KeyError, match="valid: hf"):
-        E.load_backend("vllm-not-installed", "x", None, None)
-    with pytest.raises(ValueError, match="already registered"):
-        E.register_backend("hf")(lambda *a, **k: None)
+def test_backend_registry_is_shared_by_training_and_evaluation():
+    from entropy_rl.rollout import BACKENDS
+
+    assert BACKENDS.names() == ("hf", "vllm")
+    with pytest.raises(KeyError, match="unknown rollout backend 'vllm-not-installed'; valid: hf, vllm"):
+        E.load_backend("vllm-not-installed", "x", None, None, max_new_tokens=4, temperature=1.0, batch_size=1)
+    with pytest.raises(ValueError, match="registered twice"):
+        BACKENDS.register("hf", BACKENDS.get("hf"))
 
 
 def _fake_metrics(maj: dict[str, float], n: int = 4) -> dict:

@@ -134,5 +134,5 @@ def test_objective_config_rejects_unknown_and_bad(tmp_path):
         make_objective_config("grpo", {"clip_hi": 0.3})
     with pytest.raises(ConfigError, match="agg: invalid value 'mean'; valid values"):
         make_objective_config("grpo", {"agg": "mean"})
-    with pytest.raises(ConfigError, match="unknown objective 'gpro'; valid objectives: .*grpo"):
+    with pytest.raises(ConfigError, match="unknown objective 'gpro'; valid: .*grpo"):
         make_objective_config("gpro", {})

@@ -59,7 +59,7 @@ def test_dr_grpo_and_rloo_advantages():
     r = torch.tensor([1.0, 0.0, 0.0, 1.0])
     assert dr_grpo_advantage(r, 4).tolist() == [0.5, -0.5, -0.5, 0.5]
     assert rloo_advantage(r, 4).tolist() == pytest.approx([1 - 1 / 3, -2 / 3, -2 / 3, 1 - 1 / 3])
-    with pytest.raises(KeyError, match="valid: dr_grpo, grpo, rloo"):
+    with pytest.raises(KeyError, match="valid: grpo, dr_grpo, rloo"):
         get_advantage("ppo")
     with pytest.raises(ValueError, match="G=3"):
         grpo_advantage(torch.zeros(4), 3)

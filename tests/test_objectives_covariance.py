@@ -206,7 +206,7 @@ def test_anneal_scale_schedules():
         anneal_scale(0, 10, "exp", 0.5)
 
 
-def test_cov_annealed_follows_kl_cov_then_decays_to_the_unbiased_loss():
+def test_cov_annealed_hand_computed_schedule_follows_kl_cov_then_decays_to_the_unbiased_loss():
     logp, old, adv, mask = case(7)
     kw = dict(k=0.2, coef=0.8, schedule="linear", anneal_start=0.5)
     first, m0 = run_obj("cov_annealed", logp, old, adv, mask, state={"step": 0, "total_steps": 11}, **kw)

@@ -78,7 +78,7 @@ def loop_grpo(logp, old, adv, mask):
 
 
 # ------------------------------------------------------------------------------------------------------- mask
-def test_position_mask_hand_computed():
+def test_paec_position_mask_hand_computed():
     # 10 valid tokens with normalized top-p entropy 0.1 .. 1.0 (|V_p| = 4), padding with large values
     size = torch.full((2, 6), 4)
     norm = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 5.0], [0.6, 0.7, 0.8, 0.9, 1.0, 5.0]], dtype=torch.float64)

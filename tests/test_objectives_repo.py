@@ -1,4 +1,4 @@
-"""REPO, REPO-R and ADAPO: hand-computed cases (the worked check of methods.md §9), the clamps, float64 loop
+"""REPO, REPO-R and ADAPO: hand-computed cases (the worked check of docs/methods.md §9), the clamps, float64 loop
 references, gradients, edge cases, the ζ and ε_high controllers within their bounds, and the log-prob precision."""
 import math
 
@@ -51,7 +51,7 @@ def loop_dapo(logp, old, adv, mask, lo=0.2, hi=0.28):
 
 # ------------------------------------------------------------------------------------------- the advantages
 def test_repo_r_worked_check_and_clamps():
-    # methods.md §9: zeta = 0.1, log pi = -3: A = 2 -> 2.6, A = -2 -> -1.4
+    # docs/methods.md §9: zeta = 0.1, log pi = -3: A = 2 -> 2.6, A = -2 -> -1.4
     lp, a, m = torch.tensor([[-3.0, -3.0, -3.0]]), torch.tensor([[2.0, -2.0, 0.0]]), torch.ones(1, 3)
     out = repo_advantage(a, lp, torch.zeros(1, 3), m, 0.1, centered=False, rescale=True)
     assert out.tolist()[0] == pytest.approx([2.6, -1.4, 0.0])
@@ -180,7 +180,7 @@ def test_clip_high_controller_within_bounds():
         make_objective_config("adapo", {"clip_high": 0.6})
 
 
-def test_adapo_uses_the_controller_clip_and_matches_dapo():
+def test_adapo_hand_computed_clip_from_the_controller_and_matches_dapo():
     # r = 1.5 with A > 0 is clipped at 1 + eps_high
     old = torch.zeros(1, 2, dtype=torch.float64)
     logp = torch.tensor([[math.log(1.5), 0.0]], dtype=torch.float64, requires_grad=True)

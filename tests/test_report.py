@@ -79,7 +79,7 @@ def test_lower_is_the_claimed_direction_for_length_and_bf16():
 
 def test_every_claim_names_a_figure_that_shows_both_objectives():
     for c in report.CLAIMS:
-        _, objectives, kind, panels = report.CLAIM_FIGURES[c.figure]
+        objectives = report.figure_objectives(c.figure)
         assert c.method in objectives and c.baseline in objectives, c
         assert c.direction in ("higher", "lower")
         assert c.metric in (*report.COMPARE_KEYS, *report.ENTROPY_KEYS)
