@@ -181,15 +181,15 @@ def covered(files: list[str], deps: list[str]) -> list[str]:
     return [f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
 
 
-def check_dvc(dvc_file: str | Path, root: Path | None = None) -> list[str]:
+def check_dvc(dvc_file: str | Path) -> list[str]:
     """For every stage that runs a notebook: the package files its notebook executes that its deps miss, and the
     package files it lists that the notebook never executes."""
     dvc_file = Path(dvc_file)
-    root = root or dvc_file.resolve().parent
     stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
     problems = []
     for name, stage in stages.items():
         body = stage.get("do", stage)
+        root = (dvc_file.resolve().parent / body.get("wdir", ".")).resolve()  # paths are relative to the stage's wdir
         deps = [d for d in body.get("deps", []) if isinstance(d, str)]
         nbs = [d for d in deps if d.endswith(".ipynb")]
         for nb in nbs:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .config import RolloutConfig
+from .data import TASKS
 from .evalsets import EVAL_SETS, load_benchmark
 from .io import read_jsonl, write_json, write_jsonl
 from .metrics import summarize_benchmarks
@@ -143,7 +144,7 @@ def profile_tasks(cfg, data_dir: str | Path) -> list[EvalTask]:
     rows = read_jsonl(Path(data_dir) / "eval.jsonl")
     if cfg.data.task == "arithmetic":
         return [arithmetic_task(rows)]
-    return [EvalTask(cfg.data.task, rows, template=ev.template, reward=cfg.data.task)]
+    return [EvalTask(cfg.data.task, rows, template=ev.template, reward=TASKS.get(cfg.data.task).reward)]
 
 
 # ----------------------------------------------------------------------------------------------------------
