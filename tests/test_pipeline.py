@@ -67,6 +67,8 @@ def test_fresh_clone_make_repro(tmp_path):
     diff = sh(["git", "diff", "dvc.lock"], clone) if changed else ""
     if machine_fingerprint() == json.loads(LOCK_MACHINE.read_text()):
         assert changed == [], f"git status after make repro on the lock's machine kind: {changed}\n{diff}"
+        # the README's results are what this run wrote (docs/results/tiny/results.md is its committed copy)
+        assert (clone / "reports/tiny/results.md").read_text() == (clone / "docs/results/tiny/results.md").read_text()
     else:
         assert all(line.endswith("dvc.lock") for line in changed), changed
         if changed:

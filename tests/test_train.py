@@ -6,6 +6,7 @@ import torch
 
 from entropy_rl.config import RLConfig
 from entropy_rl.data import arithmetic_splits
+from entropy_rl.glossary import glossary
 from entropy_rl.config import DataConfig
 from entropy_rl.model import load_policy, load_tokenizer
 from entropy_rl.objectives import make_objective_config
@@ -191,5 +192,7 @@ def test_every_objective_preset_runs_a_step_of_the_loop(tiny_model_dir, small_mo
     before = adapter_state(run)
     row = rl_step(run, 0)
     assert all(math.isfinite(v) for v in row.values()), row
+    undocumented = sorted(set(row) - set(glossary()))
+    assert not undocumented, f"{objective} logs keys without a glossary line (register them with its metrics=): {undocumented}"
     after = adapter_state(run)
     assert any(not torch.equal(before[k], after[k]) for k in before), f"{objective}: no parameter moved"
