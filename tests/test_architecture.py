@@ -8,7 +8,8 @@ import yaml
 
 from entropy_rl import depgraph, glossary
 from entropy_rl.config import ConfigError, read_params
-from entropy_rl.objectives import CLAIM_FIGURES, SPECS, all_claims, figure_objectives
+from entropy_rl.objectives import CLAIM_FIGURES, SPECS, Needs, all_claims, figure_objectives
+from entropy_rl.token_stats import DEFAULT_TOP_P
 from entropy_rl.registry import ALL, Registry, UnknownNameError
 from entropy_rl.report import readme_blocks
 
@@ -118,6 +119,17 @@ def test_every_objective_has_a_card_a_glossary_and_a_hand_computed_case(name):
     assert re.search(rf"^def test_{name}_\w*(hand_computed|worked)", HAND_TESTS, re.M), \
         f"{name}: no hand-computed test case (a test named test_{name}_..._hand_computed...)"
     assert spec.module.startswith("entropy_rl.objectives."), spec.module
+
+
+def test_objectives_declare_what_the_loop_computes_for_them():
+    from entropy_rl.objectives import make_objective_config as cfg
+
+    assert cfg("grpo").needs() == Needs(ref_logp=False, top_p=DEFAULT_TOP_P, stat_scope="microbatch")
+    assert cfg("grpo", {"kl_coef": 0.04}).needs().ref_logp
+    assert cfg("clip_cov").needs().stat_scope == "minibatch"
+    assert cfg("kl_cov", {"stat_scope": "microbatch"}).needs().stat_scope == "microbatch"
+    assert cfg("paec", {"top_p": 0.7}).needs().top_p == 0.7
+    assert cfg("erpo").needs().ref_logp and not cfg("erpo", {"progress_ref": "old", "stats_from": "current"}).needs().ref_logp
 
 
 def test_claims_name_objectives_or_presets_and_registered_figures():

@@ -74,8 +74,8 @@ ADVANTAGE_TO_SCALE_REWARDS = {"grpo": "group", "dr_grpo": "none"}
 
 def load_objective(objective: str, params: str | os.PathLike | None = "params.yaml",
                    overrides: dict | None = None) -> tuple[str, Any]:
-    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (a variant's ``extends``
-    chain resolved), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
+    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (a variant resolved to
+    its ``method``), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
     if params is None:
         get_objective(objective)
         method, settings = objective, {}

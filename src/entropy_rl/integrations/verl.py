@@ -84,7 +84,7 @@ _CALLS: dict[str, int] = defaultdict(int)
 
 def load_objective(objective: str, params: str | os.PathLike | None = "params.yaml",
                    overrides: dict | None = None) -> tuple[str, Any]:
-    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (``extends`` resolved), with
+    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (a variant resolved to its ``method``), with
     ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
     if params is None:
         get_objective(objective)

@@ -71,11 +71,7 @@ class ERPOConfig(GRPOConfig):
 
     def needs(self) -> Needs:
         needs = super().needs()
-        return dataclasses.replace(needs, ref_logp=needs.ref_logp or (self.synthesis and self.progress_ref == "ref"))
-
-    @property
-    def needs_ref(self) -> bool:
-        return super().needs_ref or self.progress_ref == "ref"
+        return dataclasses.replace(needs, ref_logp=needs.ref_logp or self.progress_ref == "ref")
 
 
 def segment_zscore(x: Tensor, mask: Tensor, keys: Tensor, n_keys: int, eps: float, min_count: int = 1
