@@ -15,7 +15,7 @@ reference log-probs, accelerate / DeepSpeed, checkpoints -- and :class:`EntropyR
    ``l_max``;
 3. the objective registered under the preset's method is called unchanged; under gradient accumulation each
    micro-batch's loss is weighted by its share of the accumulation window's aggregation denominator (all ranks
-   together), so the accumulated gradient is the window's, as in ``entropy_rl.train.update``; for
+   together), so the accumulated gradient is the window's, as in ``entropy_rl.rl.update``; for
    ``stat_scope: minibatch`` objectives the window's statistics (a no-grad pass over its micro-batches, which TRL
    already holds in ``_buffered_inputs``) are handed to each micro-batch as ``RLBatch.scope``;
 4. the objective's controller (REPO's zeta, ADAPO's eps_high, PAEC's H0, the entropy bonus's adaptive alpha, the
