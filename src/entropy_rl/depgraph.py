@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -93,7 +94,13 @@ def package_files(src: Path = SRC) -> list[Path]:
 
 
 def graph(src: Path = SRC) -> dict[str, list[Edge]]:
-    return {module_name(p, src): module_edges(p, src) for p in package_files(src)}
+    return dict(_graph(Path(src).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(src: Path) -> tuple:
+    """The graph of ``src``, read once per process (a stage check asks for one closure per stage)."""
+    return tuple((module_name(p, src), module_edges(p, src)) for p in package_files(src))
 
 
 def cycles(g: dict[str, list[Edge]]) -> list[list[str]]:

@@ -240,12 +240,13 @@ def evaluate_checkpoint(base_dir: str | Path, adapter_dir: str | Path | None, cf
 # ----------------------------------------------------------------------------------------------------------
 # The PAEC table layout
 # ----------------------------------------------------------------------------------------------------------
-_RUN = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
+"""an RL run's directory and model name: ``<objective>-s<seed>``"""
 
 
 def method_of(model: str) -> str:
     """``grpo-s0`` → ``grpo``; other names (``sft``) unchanged."""
-    m = _RUN.match(model)
+    m = RUN_NAME.match(model)
     return m.group("objective") if m else model
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .evaluate import maj_table, method_of  # noqa: F401  (re-exported)
+from .evaluate import RUN_NAME, maj_table, method_of  # noqa: F401  (maj_table, method_of: re-exported)
 from .io import read_json
 from .objectives import CLAIM_FIGURES, SPECS, Claim, all_claims, figure_objectives  # noqa: F401  (re-exported)
 from .tables import to_markdown, write_table  # noqa: F401  (re-exported)
 
-_RUN = re.compile(r"^(?P<objective>.+)-s(?P<seed>\d+)$")
 TABLE_KEYS = ("pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "mean_length", "mean_token_entropy", "truncation_rate")
 
 
@@ -64,10 +63,10 @@ def collect(runs_dir: str | Path | list, baseline_dir: str | Path | None = None)
         sft_metrics = runs_dir / "sft" / "eval" / "metrics.json"
         if sft_metrics.exists() and "sft" not in metrics:
             metrics["sft"] = read_json(sft_metrics)
-        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and _RUN.match(p.name)):
+        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and RUN_NAME.match(p.name)):
             if d.name in metrics or any(d.name == s["run"].iloc[0] for s in steps):
                 raise ValueError(f"run {d.name} found twice (again in {runs_dir}); run names must be unique")
-            tags = {"run": d.name, **_RUN.match(d.name).groupdict()}
+            tags = {"run": d.name, **RUN_NAME.match(d.name).groupdict()}
             if (d / "train" / "curves.csv").exists():
                 steps.append(pd.read_csv(d / "train" / "curves.csv").assign(**tags))
                 heldout.append(pd.read_csv(d / "train" / "heldout.csv").assign(**tags))
@@ -109,7 +108,7 @@ def run_table(runs: Runs) -> pd.DataFrame:
     ent = training_entropy(runs.steps) if not runs.steps.empty else pd.DataFrame(columns=list(ENTROPY_KEYS))
     rows = []
     for model, m in runs.eval_metrics.items():
-        match = _RUN.match(model)
+        match = RUN_NAME.match(model)
         if not match:
             continue
         row = {"model": model, "objective": match["objective"], "seed": int(match["seed"]),

@@ -43,9 +43,9 @@ import trl
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from entropy_rl.config import ConfigError, resolve_objective
+from entropy_rl.config import ConfigError
 from entropy_rl.objectives import (RLBatch, StatScope, agg_denominator, get_objective, init_controller_state,
-                                   make_objective_config, update_controller_state)
+                                   load_objective, update_controller_state)
 from entropy_rl.token_stats import TokenStats, token_stats
 
 STATE_FILE = "entropy_rl_state.json"
@@ -70,18 +70,6 @@ TRL_UNSUPPORTED = {
 ADVANTAGE_TO_SCALE_REWARDS = {"grpo": "group", "dr_grpo": "none"}
 """the objective's ``advantage`` estimator -> TRL's ``scale_rewards`` (TRL computes the advantages; its std eps is
 1e-4 where the project's is 1e-6)"""
-
-
-def load_objective(objective: str, params: str | os.PathLike | None = "params.yaml",
-                   overrides: dict | None = None) -> tuple[str, Any]:
-    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (a variant resolved to
-    its ``method``), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
-    if params is None:
-        get_objective(objective)
-        method, settings = objective, {}
-    else:
-        method, settings = resolve_objective(params, objective)
-    return method, make_objective_config(method, {**settings, **(overrides or {})})
 
 
 def _scale_rewards(value) -> str:

@@ -53,8 +53,8 @@ import verl  # noqa: F401  (the optional engine; this module is for verl's envir
 from verl.trainer.ppo import core_algos
 
 from entropy_rl.advantages import get_advantage
-from entropy_rl.config import ConfigError, resolve_objective
-from entropy_rl.objectives import RLBatch, agg_denominator, get_objective, init_controller_state, make_objective_config
+from entropy_rl.config import ConfigError
+from entropy_rl.objectives import RLBatch, agg_denominator, get_objective, init_controller_state, load_objective
 from entropy_rl.token_stats import TokenStats
 
 PREFIX = "entropy_rl."
@@ -80,18 +80,6 @@ ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 
 _STATES: dict[str, dict] = {}
 _CALLS: dict[str, int] = defaultdict(int)
-
-
-def load_objective(objective: str, params: str | os.PathLike | None = "params.yaml",
-                   overrides: dict | None = None) -> tuple[str, Any]:
-    """(registry method, validated config) of ``objectives.<objective>`` in ``params`` (a variant resolved to its ``method``), with
-    ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
-    if params is None:
-        get_objective(objective)
-        method, settings = objective, {}
-    else:
-        method, settings = resolve_objective(params, objective)
-    return method, make_objective_config(method, {**settings, **(overrides or {})})
 
 
 def check_verl_support(name: str, method: str, cfg, controller_state: dict | None = None) -> None:

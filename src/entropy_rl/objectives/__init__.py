@@ -32,6 +32,7 @@ from .registry import (
     get_objective,
     get_spec,
     init_controller_state,
+    load_objective,
     make_objective_config,
     register_claim_figure,
     register_objective,
@@ -50,6 +51,6 @@ __all__ = [
     "AGG_MODES", "agg_loss", "agg_denominator", "CLAIM_FIGURES", "OBJECTIVES", "SPECS", "STAT_SCOPES", "Claim",
     "ClaimFigure", "EntropyTarget", "Needs", "ObjectiveConfig", "ObjectiveSpec", "Panel", "RLBatch", "ScopedStatistic",
     "StatScope", "all_claims", "all_panels", "figure_objectives", "get_config_cls", "get_objective", "get_spec",
-    "init_controller_state", "make_objective_config", "register_claim_figure", "register_objective",
+    "init_controller_state", "load_objective", "make_objective_config", "register_claim_figure", "register_objective",
     "update_controller_state", "POLICY_METRICS",
 ]

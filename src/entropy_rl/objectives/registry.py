@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from torch import Tensor
 
 from ..advantages import ADVANTAGES
-from ..config import ConfigError, choice, from_dict
+from ..config import ConfigError, choice, from_dict, resolve_objective
 from ..registry import Registry, registry
 from ..token_stats import DEFAULT_TOP_P
 from ..agg import AGG_MODES
@@ -312,6 +313,17 @@ def update_controller_state(name: str, state: dict, cfg: ObjectiveConfig, row: d
 def make_objective_config(name: str, settings: dict | None = None):
     """Validate ``settings`` (from ``objectives.<name>`` in params.yaml) into the objective's config."""
     return from_dict(get_config_cls(name), settings or {}, f"objectives.{name}")
+
+
+def load_objective(objective: str, params: str | Path | None = "params.yaml",
+                   overrides: dict | None = None) -> tuple[str, ObjectiveConfig]:
+    """(registry method, validated config) of ``objectives.<objective>`` in the params file ``params`` (a variant
+    resolved to its ``method``), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
+    if params is None:
+        method, settings = SPECS.get(objective).name, {}
+    else:
+        method, settings = resolve_objective(params, objective)
+    return method, make_objective_config(method, {**settings, **(overrides or {})})
 
 
 def all_claims() -> list[Claim]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..token_stats import TokenStats
-from .common import upcast
+from .common import masked_mean, upcast
 from .grpo import GRPOConfig, clipped_pg_loss
 from .registry import RLBatch, register_objective
 
@@ -31,13 +31,17 @@ class WhitenedConfig(GRPOConfig):
             raise ConfigError(f"eps: must be > 0, got {self.eps}")
 
 
-def whiten(adv: Tensor, mask: Tensor, eps: float) -> Tensor:
+def masked_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population std of ``x`` over the valid tokens of ``mask`` (detached, at least fp32)."""
+    a = upcast(x.detach())
+    mean = masked_mean(a, mask)
+    return mean, masked_mean((a - mean) ** 2, mask).sqrt()
+
+
+def whiten(adv: Tensor, mask: Tensor, eps: float, moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``(A - mean) / (std + eps)`` over the valid tokens of ``mask`` (population std), 0 on padding."""
-    a, m = upcast(adv.detach()), mask.to(upcast(adv).dtype)
-    n = m.sum().clamp(min=1.0)
-    mean = (a * m).sum() / n
-    std = (((a - mean) ** 2 * m).sum() / n).sqrt()
-    return (a - mean) / (std + eps) * m
+    mean, std = moments or masked_moments(adv, mask)
+    return (upcast(adv.detach()) - mean) / (std + eps) * mask.to(mean.dtype)
 
 
 @register_objective("grpo_whitened", WhitenedConfig,
@@ -57,11 +61,9 @@ def grpo_whitened(batch: RLBatch, stats: TokenStats, cfg: WhitenedConfig, state:
         cfg: WhitenedConfig.
         state: controller state (unused).
     """
-    a = whiten(batch.advantages, batch.mask, cfg.eps)
+    moments = masked_moments(batch.advantages, batch.mask)
+    a = whiten(batch.advantages, batch.mask, cfg.eps, moments)
     loss, metrics = clipped_pg_loss(dataclasses.replace(batch, advantages=a.to(batch.advantages.dtype)), stats, cfg,
                                     name="grpo_whitened")
-    m = batch.mask.to(a.dtype)
-    n = m.sum().clamp(min=1.0)
-    mean = (upcast(batch.advantages) * m).sum() / n
-    metrics["stats/adv_std_before_whitening"] = (((upcast(batch.advantages) - mean) ** 2 * m).sum() / n).sqrt().detach()
+    metrics["stats/adv_std_before_whitening"] = moments[1]
     return loss, metrics
