@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 export PATH := $(abspath $(BIN)):$(PATH)
 export ENTROPY_RL_PROGRESS ?= terminal
 export PYTHONHASHSEED := 0
+# MKL may run fewer threads when the machine is busy (MKL_DYNAMIC), which changes float reductions: a fresh-clone
+# run beside `make test` once gave another SFT model. Fixed thread counts keep runs bit-identical under load.
+export MKL_DYNAMIC := FALSE
 
 .PHONY: repro study test test-slow venv data lab clean-venv strip-notebooks vllm-check gpu-check
 
