@@ -24,6 +24,14 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def notice(message: str) -> None:
+    """Print ``message`` (into the notebook); under ``dvc repro`` (progress to the terminal) also on the terminal,
+    where the user is looking: a resumed or restarted run, a skipped update."""
+    print(message, flush=True)
+    if os.environ.get("ENTROPY_RL_PROGRESS") == "terminal":
+        print(message, file=sys.__stderr__, flush=True)
+
+
 def quiet_libraries() -> None:
     """Under ``dvc repro`` (progress to the terminal or off), silence the libraries' own progress bars, whose
     rates would otherwise land in the executed notebooks."""
