@@ -7,6 +7,13 @@ from entropy_rl.objectives import OBJECTIVES, make_objective_config
 from conftest import ROOT
 
 
+BASE = {s: {} for s in ("data", "model", "sft", "rl", "eval")}  # a profile without `extends` states every section
+
+
+def base(**sections):
+    return {**BASE, **sections}
+
+
 def write(tmp_path, params):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(params))
@@ -92,20 +99,21 @@ def test_repository_presets_state_only_what_differs_from_the_defaults():
     [
         ("rl", {"stepz": 3}, "unknown key 'profiles.p.rl.stepz'"),
         ("rl", {"steps": "ten"}, "profiles.p.rl.steps: expected an integer"),
+        ("rl", {"grad_clip": -1}, "profiles.p.rl.grad_clip: must be > 0, got -1.0"),
         ("rl", {"group_size": 1}, "rl.group_size"),
         ("model", {"compute_dtype": "fp8"}, "valid values: float32, bfloat16, float16"),
         ("data", {"ops": ["/"]}, "data.ops"),
     ],
 )
 def test_bad_keys_and_values_are_named(tmp_path, section, bad, fragment):
-    p = write(tmp_path, {"profiles": {"p": {section: bad}}})
+    p = write(tmp_path, {"profiles": {"p": base(**{section: bad})}})
     with pytest.raises(ConfigError) as e:
         load_profile(p, "p")
     assert fragment in str(e.value)
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
-    p = write(tmp_path, {"profiles": {"p": {"rl": {"lr_": 1.0}}}})
+    p = write(tmp_path, {"profiles": {"p": base(rl={"lr_": 1.0})}})
     with pytest.raises(ConfigError, match="valid keys here: .*lr.*steps"):
         load_profile(p, "p")
 
@@ -119,8 +127,16 @@ def test_unknown_profile_and_top_level_key(tmp_path):
         read_params(p)
 
 
+def test_a_base_profile_states_every_section(tmp_path):
+    p = write(tmp_path, {"profiles": {"p": {s: {} for s in ("data", "model", "sft", "eval")}}})
+    with pytest.raises(ConfigError, match=r"^profiles.p.rl: missing; a profile without `extends` states each of"):
+        load_profile(p, "p")
+    p = write(tmp_path, {"profiles": {"p": base()}, "more_profiles": {"q": {"extends": "p"}}})
+    assert load_profile(p, "q").rl.steps == load_profile(p, "p").rl.steps == 100  # `{}`: the defaults
+
+
 def test_extends_and_overrides(tmp_path):
-    p = write(tmp_path, {"profiles": {"base": {"rl": {"steps": 7, "lr": 1e-3}}},
+    p = write(tmp_path, {"profiles": {"base": base(rl={"steps": 7, "lr": 1e-3})},
                          "more_profiles": {"child": {"extends": "base", "rl": {"steps": 9}}}})
     child = load_profile(p, "child", {"rl.group_size": 4})
     assert (child.rl.steps, child.rl.lr, child.rl.group_size) == (9, 1e-3, 4)

@@ -6,15 +6,25 @@
 * ``more_profiles``: profiles that exist but are not run by default (move one into ``profiles`` to run it);
 * ``objectives``: one entry per objective name with that objective's settings.
 
-A profile may say ``extends: <other profile>`` and override any subset of its sections.
-Every unknown key, wrong type or invalid value raises :class:`ConfigError` naming the key path and what
-would be valid, before any work starts.
+A profile may say ``extends: <other profile>`` and override any subset of its sections; a profile without
+``extends`` states each of its sections (``data``, ``model``, ``sft``, ``rl``, ``eval``; ``{}`` = the defaults).
+Every unknown key, wrong type or invalid value raises :class:`ConfigError` before any work starts, with a one-line
+message that names the full key path first: ``profiles.tiny.rl.grad_clip: must be > 0, got -1.0``.
+
+Every numeric field of every config class has a declared :class:`Range` (``RANGES`` of its class, merged over the
+class's bases); non-finite values (NaN, +-inf) are refused unless a range says ``infinite=True`` (none does now).
+``params.yaml`` is read by :func:`read_params` only, with :class:`ParamsLoader`: PyYAML's safe loader that refuses
+duplicate keys and reads floats the YAML 1.2 way (``3e-4`` is a number, not a string).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,12 +54,174 @@ EVAL_SETS = ("gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "olympi
 """`eval.benchmarks`: entropy_rl.evalsets.EVAL_SETS"""
 OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 """`rl.optimizer`"""
+SECTIONS = ("data", "model", "sft", "rl", "eval")
+"""the sections of a profile; a profile without `extends` states each of them"""
+TEMPERATURE_RANGE = (0.01, 10.0)
+"""`rl.temperature`, `eval.temperature`: logits / T overflows for tiny T, and T > 10 samples noise"""
+
+_YAML_BOOL_HINT = "YAML reads unquoted on/off/yes/no/true/false as true/false: quote it, e.g. \"on\""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The params.yaml loader
+# ----------------------------------------------------------------------------------------------------------
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2 floats (``3e-4``, ``1e-40``, ``1.0e5``: numbers; YAML 1.1 reads them as
+    strings). Duplicate keys are refused by :func:`load_yaml` (PyYAML keeps the last one silently)."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _node_key(node: yaml.Node) -> str:
+    return node.value if isinstance(node, yaml.ScalarNode) else f"<{node.id}>"
+
+
+def _check_duplicates(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *anchor`: explicit keys beside it may override the merged ones
+                continue
+            key = (key_node.tag, _node_key(key_node))
+            line = key_node.start_mark.line + 1
+            where = f"{path}.{key[1]}" if path else key[1]
+            if key in lines:
+                raise ConfigError(f"{where}: duplicate key (lines {lines[key]} and {line} of {source}); YAML keeps "
+                                  "only the last one: remove one")
+            lines[key] = line
+            _check_duplicates(value_node, where, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{path}[{i}]", source, seen)
+
+
+def load_yaml(text: str, source: str = "params.yaml") -> Any:
+    """Parse ``text`` with :class:`ParamsLoader`; a duplicate key or a syntax error raises :class:`ConfigError`
+    (one line, with the line number). The result is the caller's own (a copy of a parse cached by content)."""
+    return copy.deepcopy(_parse(text, source))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(text: str, source: str) -> Any:
+    loader = ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, "", source, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_one_line(e)}") from None
+    finally:
+        loader.dispose()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ranges of numeric fields
+# ----------------------------------------------------------------------------------------------------------
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field: finite, within optional bounds."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+    """said in the message after the range, e.g. `a fraction, not a percent`"""
+    infinite: bool = False
+    """+-inf is valid (within the bounds); NaN never is"""
+
+    def __contains__(self, v: float) -> bool:
+        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not self.infinite)):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            s = f"in {'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            s = f"{'>' if self.lo_open else '>='} {_fmt(self.lo)}"
+        elif self.hi is not None:
+            s = f"{'<' if self.hi_open else '<='} {_fmt(self.hi)}"
+        else:
+            s = "a finite number"
+        return f"{s} ({self.note})" if self.note else s
+
+    def check(self, where: str, value: Any) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return  # types are checked by from_dict
+        if value not in self:
+            finite = isinstance(value, float) and not math.isfinite(value) and (self.lo is not None or self.hi is not None)
+            raise ConfigError(f"{where}: must be {'finite and ' if finite else ''}{self}, got {value!r}")
+
+
+def above(lo: float, note: str = "") -> Range:
+    """``> lo``"""
+    return Range(lo=lo, lo_open=True, note=note)
+
+
+def at_least(lo: float, note: str = "") -> Range:
+    """``>= lo``"""
+    return Range(lo=lo, note=note)
+
+
+def within(lo: float, hi: float, brackets: str = "[]", note: str = "") -> Range:
+    """``lo .. hi`` with ``brackets`` one of ``[]``, ``[)``, ``(]``, ``()``."""
+    return Range(lo=lo, hi=hi, lo_open=brackets[0] == "(", hi_open=brackets[1] == ")", note=note)
+
+
+ANY = Range()
+"""any finite number"""
+GT0 = above(0)
+GE0 = at_least(0)
+
+
+def ranges_of(cls: type) -> dict[str, Range]:
+    """The declared ranges of ``cls``'s numeric fields: its own ``RANGES`` over those of its bases."""
+    out: dict[str, Range] = {}
+    for c in reversed(cls.__mro__):
+        out.update(vars(c).get("RANGES", {}))
+    return out
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def check_ranges(obj: Any, section: str | None = None) -> None:
+    """Check every field of dataclass ``obj`` that has a declared range (``None`` values: not set, skipped)."""
+    section = getattr(type(obj), "SECTION", "") if section is None else section
+    for name, rng in ranges_of(type(obj)).items():
+        rng.check(_join(section, name), getattr(obj, name))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Strict dataclass construction
 # ----------------------------------------------------------------------------------------------------------
-def _check_type(value: Any, tp: Any, where: str) -> Any:
+def _check_type(value: Any, tp: Any, where: str, rng: Range | None = None) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -62,9 +234,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _check_type(value, a, where)
+                return _check_type(value, a, where, rng)
             except ConfigError as e:
                 errors.append(str(e))
+        if errors and type(None) in args:
+            raise ConfigError(f"{errors[0]}; or null")
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -80,7 +254,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        out = {}
+        for k, v in value.items():
+            out[_check_type(k, key_tp, f"{where} (key {k!r})")] = _check_type(v, value_tp, f"{where}.{k}")
+        return out
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
@@ -89,40 +267,76 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            hint = f"; write {int(value)}" if isinstance(value, float) and value.is_integer() else ""
+            raise ConfigError(f"{where}: expected an integer, got {value!r}{hint}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = "; write the number without quotes"
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
+        value = float(value)
+        if not math.isfinite(value) and not (rng is not None and rng.infinite and not math.isnan(value)):
+            valid = f" {rng}" if rng is not None and rng is not ANY and str(rng) != "a finite number" else ""
+            raise ConfigError(f"{where}: must be a finite number{valid}, got {value!r}")
+        return value
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {str(value).lower()} ({_YAML_BOOL_HINT})")
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            hint = "; YAML read the unquoted value as a number: quote it" if isinstance(value, (int, float)) else ""
+            raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
         return value
     return value
 
 
+_KEY_FIRST = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+|\[\d+\])*(?: \(key [^)]*\))?: ")
+
+
+def qualify(message: str, where: str, section: str = "") -> str:
+    """``message`` (``"<key>: ..."``, the key relative to ``section``) with its key under ``where``, once."""
+    if not where or message.startswith((f"{where}.", f"{where}:", f"{where}[", f"{where} ")) \
+            or message.startswith("unknown key '"):
+        return message
+    if section and message.startswith((f"{section}.", f"{section}:")):
+        return where + message[len(section):]
+    if _KEY_FIRST.match(message):
+        return f"{where}.{message}"
+    return f"{where}: {message}"
+
+
 def from_dict(cls: type, data: Any, where: str = ""):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and bad values by their full key
+    path (``where`` is the path of ``data``)."""
     if isinstance(data, cls):
         return data
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    for k in data:
+        if not isinstance(k, str):
+            hint = f" ({_YAML_BOOL_HINT})" if isinstance(k, bool) else ""
+            raise ConfigError(f"{where or cls.__name__}: keys must be strings, got {k!r}{hint}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        key = _join(where, unknown[0])
         raise ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(sorted(fields))}")
+    ranges = ranges_of(cls)
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _check_type(value, hints[name], f"{where}.{name}" if where else name)
+        kwargs[name] = _check_type(value, hints[name], _join(where, name), ranges.get(name))
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}" if where and not str(e).startswith(where) else str(e)) from None
+        raise ConfigError(qualify(str(e), where, getattr(cls, "SECTION", ""))) from None
 
 
 def choice(where: str, value: Any, valid: typing.Iterable[Any]) -> None:
@@ -133,8 +347,36 @@ def choice(where: str, value: Any, valid: typing.Iterable[Any]) -> None:
 
 
 def positive(where: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    (GE0 if allow_zero else GT0).check(where, value)
+
+
+def nonempty_str(where: str, value: str, what: str = "") -> None:
+    if not value.strip():
+        raise ConfigError(f"{where}: must be a non-empty string{f' ({what})' if what else ''}, got {value!r}")
+
+
+def names_list(where: str, values: list, valid: typing.Iterable[str] | None = None, what: str = "value") -> None:
+    """A non-empty list of distinct names (each one of ``valid`` when given)."""
+    valid = list(valid) if valid is not None else None
+    if not values:
+        raise ConfigError(f"{where}: must not be empty" + (f"; valid values: {', '.join(valid)}" if valid else ""))
+    seen = set()
+    for i, v in enumerate(values):
+        if valid is not None:
+            choice(where, v, valid)
+        else:
+            nonempty_str(f"{where}[{i}]", v)
+        if v in seen:
+            raise ConfigError(f"{where}: {what} {v!r} is listed twice; list each once")
+        seen.add(v)
+
+
+def revisions_map(where: str, revisions: dict, valid: typing.Iterable[str], what: str) -> None:
+    valid = list(valid)
+    for k, v in revisions.items():
+        if k not in valid:
+            raise ConfigError(f"{where}.{k}: unknown {what} '{k}'; valid: {', '.join(valid)}")
+        nonempty_str(f"{where}.{k}", v, "a commit, tag or branch")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -172,21 +414,25 @@ class DataConfig:
     """training sets of task `math` (`math_l3_5`, `gsm8k`, `dapo17k`; see entropy_rl.data.TRAIN_SOURCES)"""
     source: str = "hub"
     """where task `math` reads them: `hub`, or a directory with `math/`, `gsm8k/`, `dapo_math_17k/train.jsonl`"""
+    revisions: dict[str, str] = field(default_factory=dict)
+    """hub revision (commit, tag or branch) per training source read from the hub, e.g. `{gsm8k: e53f048}`; a
+    source not named here reads the hub's default branch"""
+
+    SECTION = "data"
+    RANGES = {"digits": within(1, 6), "scratchpad_frac": within(0, 1), "n_sft": at_least(1), "n_rl": GE0,
+              "n_eval": at_least(1), "seed": GE0}
 
     def __post_init__(self):
+        check_ranges(self)
         choice("data.task", self.task, TASKS)
-        for op in self.ops:
-            choice("data.ops", op, ["+", "-", "*"])
-        if not 1 <= self.digits <= 6:
-            raise ConfigError(f"data.digits: must be in 1..6, got {self.digits}")
-        if not 0.0 <= self.scratchpad_frac <= 1.0:
-            raise ConfigError(f"data.scratchpad_frac: must be in [0, 1], got {self.scratchpad_frac}")
-        for k in ("n_sft", "n_rl", "n_eval"):
-            positive(f"data.{k}", getattr(self, k), allow_zero=k == "n_rl" and self.task == "math")
+        names_list("data.ops", self.ops, ["+", "-", "*"], "operator")
+        if self.task != "math" and self.n_rl < 1:  # task math: 0 = all
+            raise ConfigError(f"data.n_rl: must be > 0 for task {self.task} (0 = all is for task math), got {self.n_rl}")
         if not self.sources:
             raise ConfigError(f"data.sources: empty; valid values: {', '.join(TRAIN_SOURCES)}")
-        for s in self.sources:
-            choice("data.sources", s, TRAIN_SOURCES)
+        names_list("data.sources", self.sources, TRAIN_SOURCES, "source")
+        nonempty_str("data.source", self.source, "`hub` or a directory")
+        revisions_map("data.revisions", self.revisions, TRAIN_SOURCES, "training source")
 
 
 @dataclass(frozen=True)
@@ -202,11 +448,20 @@ class LoraConfig:
     )
     """module names that get adapters (all linear layers of a Llama block)"""
 
+    SECTION = "model.lora"
+    RANGES = {"r": at_least(1), "alpha": GT0, "dropout": within(0, 1, "[)")}
+
+    def __post_init__(self):
+        check_ranges(self)
+        names_list("model.lora.target_modules", self.target_modules, what="module")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     source: str = "tiny"
     """`tiny` builds a Llama from scratch with a character tokenizer; anything else is a hub id or local path"""
+    revision: str = ""
+    """hub revision (commit, tag or branch) of `source` when it is a hub id (empty: the default branch)"""
     hidden_size: int = 128
     """tiny model: hidden size"""
     num_layers: int = 4
@@ -228,11 +483,17 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """recompute each decoder layer's activations in the backward pass (less memory, ~30 % more time)"""
 
+    SECTION = "model"
+    RANGES = {"hidden_size": at_least(1), "num_layers": at_least(1), "num_heads": at_least(1),
+              "intermediate_size": at_least(1), "max_position": at_least(1), "num_threads": at_least(1)}
+
     def __post_init__(self):
+        check_ranges(self)
+        nonempty_str("model.source", self.source, "`tiny`, a hub id or a local directory")
         choice("model.compute_dtype", self.compute_dtype, ["float32", "bfloat16", "float16"])
         if self.hidden_size % self.num_heads:
-            raise ConfigError("model.hidden_size: must be divisible by model.num_heads")
-        positive("model.num_threads", self.num_threads)
+            raise ConfigError(f"model.hidden_size: must be divisible by model.num_heads ({self.num_heads}), "
+                              f"got {self.hidden_size}")
 
 
 @dataclass(frozen=True)
@@ -250,10 +511,12 @@ class SFTConfig:
     seed: int = 0
     """seed of initialisation and batch order"""
 
+    SECTION = "sft"
+    RANGES = {"steps": GE0, "batch_size": at_least(1), "lr": within(0, 1, "(]"), "warmup": GE0,
+              "weight_decay": GE0, "seed": GE0}
+
     def __post_init__(self):
-        positive("sft.steps", self.steps, allow_zero=True)
-        positive("sft.batch_size", self.batch_size)
-        positive("sft.lr", self.lr)
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -277,15 +540,14 @@ class RolloutConfig:
     max_num_seqs: int = 0
     """vllm: sequences decoded at once (0 = vLLM's default)"""
 
+    SECTION = "rl.rollout"
+    RANGES = {"tis_cap": at_least(1, "a weight cap"), "gpu_memory_utilization": within(0, 1, "()"),
+              "max_model_len": GE0, "max_num_seqs": GE0}
+
     def __post_init__(self):
+        check_ranges(self)
         choice("rl.rollout.backend", self.backend, BACKENDS)
         choice("rl.rollout.tis", self.tis, ["auto", "on", "off"])
-        if self.tis_cap < 1:
-            raise ConfigError(f"rl.rollout.tis_cap: must be >= 1 (a weight cap), got {self.tis_cap}")
-        if not 0 < self.gpu_memory_utilization < 1:
-            raise ConfigError(f"rl.rollout.gpu_memory_utilization: must be in (0, 1), got {self.gpu_memory_utilization}")
-        positive("rl.rollout.max_model_len", self.max_model_len, allow_zero=True)
-        positive("rl.rollout.max_num_seqs", self.max_num_seqs, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -327,27 +589,31 @@ class RLConfig:
     """`adamw` (torch) or `paged_adamw_8bit` (bitsandbytes: 8-bit states in paged memory; needs a GPU)"""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """the rollout backend and its settings"""
+    nonfinite: str = "stop"
+    """a non-finite loss or gradient norm in an update: `stop` (raise, naming the quantity and step; nothing of that
+    update is applied and the last checkpoint is kept) or `skip` (drop that update, as verl does, and count it in
+    `stats/skipped_updates`); a non-finite controller value or logged metric always stops"""
+
+    SECTION = "rl"
+    RANGES = {**{k: at_least(1) for k in ("steps", "prompts_per_step", "max_new_tokens", "minibatches",
+                                          "micro_batches", "epochs", "eval_every", "eval_prompts",
+                                          "checkpoint_every", "forward_batch_size")},
+              "group_size": at_least(2, "group-normalized advantages need at least 2 samples per prompt"),
+              "temperature": within(*TEMPERATURE_RANGE), "lr": within(0, 1, "(]"), "grad_clip": GT0}
 
     def __post_init__(self):
+        check_ranges(self)
         choice("rl.optimizer", self.optimizer, OPTIMIZERS)
+        choice("rl.nonfinite", self.nonfinite, ["stop", "skip"])
         choice("rl.template", self.template, TEMPLATES)
-        for k in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "minibatches", "micro_batches",
-                  "epochs", "eval_every", "eval_prompts", "checkpoint_every", "forward_batch_size"):
-            positive(f"rl.{k}", getattr(self, k))
-        positive("rl.temperature", self.temperature)
-        positive("rl.lr", self.lr)
-        if self.group_size < 2:
-            raise ConfigError("rl.group_size: group-normalized advantages need at least 2 samples per prompt")
-        if (self.prompts_per_step * self.group_size) % self.minibatches:
-            raise ConfigError(
-                f"rl.minibatches: {self.minibatches} must divide prompts_per_step*group_size "
-                f"= {self.prompts_per_step * self.group_size}"
-            )
-        if (self.prompts_per_step * self.group_size // self.minibatches) % self.micro_batches:
-            raise ConfigError(
-                f"rl.micro_batches: {self.micro_batches} must divide the mini-batch size "
-                f"{self.prompts_per_step * self.group_size // self.minibatches}"
-            )
+        batch = self.prompts_per_step * self.group_size
+        if batch % self.minibatches:
+            raise ConfigError(f"rl.minibatches: must divide rl.prompts_per_step * rl.group_size = {batch}, "
+                              f"got {self.minibatches}")
+        if (batch // self.minibatches) % self.micro_batches:
+            raise ConfigError(f"rl.micro_batches: must divide the mini-batch size "
+                              f"{batch // self.minibatches} (prompts_per_step * group_size / minibatches), "
+                              f"got {self.micro_batches}")
 
 
 @dataclass(frozen=True)
@@ -367,6 +633,8 @@ class EvalConfig:
     empty = the profile's own held-out split (`<data_dir>/eval.jsonl`)"""
     data_source: str = "data"
     """where the benchmarks are read: a directory in the layout of `data/` (pinned by data.dvc), or `hub`"""
+    revisions: dict[str, str] = field(default_factory=dict)
+    """with `data_source: hub`, the hub revision per benchmark, e.g. `{math500: ff5b202}` (others: default branch)"""
     limit: int = 0
     """first N problems of each benchmark (0 = all)"""
     template: str = "boxed"
@@ -378,16 +646,18 @@ class EvalConfig:
     verify_workers: int = 0
     """math-verify worker processes (0 = one per core)"""
 
+    SECTION = "eval"
+    RANGES = {"n_samples": at_least(1), "temperature": within(*TEMPERATURE_RANGE), "max_new_tokens": at_least(1),
+              "batch_size": at_least(1), "seed": GE0, "limit": GE0, "verify_timeout": GT0, "verify_workers": GE0}
+
     def __post_init__(self):
-        positive("eval.n_samples", self.n_samples)
-        positive("eval.temperature", self.temperature)
-        for b in self.benchmarks:
-            choice("eval.benchmarks", b, EVAL_SETS)
+        check_ranges(self)
+        if self.benchmarks:
+            names_list("eval.benchmarks", self.benchmarks, EVAL_SETS, "benchmark")
+        nonempty_str("eval.data_source", self.data_source, "`hub` or a directory in the layout of data/")
+        revisions_map("eval.revisions", self.revisions, EVAL_SETS, "benchmark")
         choice("eval.template", self.template, TEMPLATES)
         choice("eval.backend", self.backend, BACKENDS)
-        positive("eval.limit", self.limit, allow_zero=True)
-        positive("eval.verify_timeout", self.verify_timeout)
-        positive("eval.verify_workers", self.verify_workers, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -402,7 +672,21 @@ class Profile:
     """one line shown in the README's profile table"""
 
 
-_SECTIONS = {"data", "model", "sft", "rl", "eval", "description", "extends"}
+def validate_profile(profile: Profile, where: str = "") -> Profile:
+    """Checks across the sections of a loaded profile (:func:`load_profile` runs them; a ``Profile`` built in code
+    from some sections only, as tests do, is not held to them). The message names both keys."""
+    d, rl, at = profile.data, profile.rl, (lambda key: _join(where, key))
+    if (d.task == "arithmetic" or d.n_rl > 0) and rl.prompts_per_step > d.n_rl:
+        raise ConfigError(f"{at('rl.prompts_per_step')}: must be <= {at('data.n_rl')} ({d.n_rl} training prompts), "
+                          f"got {rl.prompts_per_step}; lower rl.prompts_per_step or raise data.n_rl")
+    if rl.eval_prompts > d.n_eval:
+        raise ConfigError(f"{at('rl.eval_prompts')}: must be <= {at('data.n_eval')} ({d.n_eval} held-out prompts), "
+                          f"got {rl.eval_prompts}; lower rl.eval_prompts or raise data.n_eval")
+    return profile
+
+
+_PROFILE_KEYS = {*SECTIONS, "description", "extends"}
+_TOP_LEVEL = ("profiles", "more_profiles", "objectives", "rl_runs", "study")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -413,55 +697,130 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def read_params(path: str | Path = "params.yaml") -> dict:
+    """The parsed params file, its top level checked (the one reader of params.yaml: :func:`load_yaml`)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"params file not found: {path}")
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read: {_one_line(e)}") from None
+    params = load_yaml(text, str(path))
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    valid = {"profiles", "more_profiles", "objectives", "rl_runs", "study"}
-    unknown = sorted(set(params) - valid)
+        raise ConfigError(f"{path}: the top level must be a mapping with keys {', '.join(_TOP_LEVEL)}, got "
+                          f"{type(params).__name__} {params!r:.60}")
+    for k in params:
+        if not isinstance(k, str):
+            raise ConfigError(f"{path}: top-level keys must be strings, got {k!r}")
+    unknown = sorted(set(params) - set(_TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid))}")
+        raise ConfigError(f"unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(_TOP_LEVEL))}")
+    for key in ("profiles", "more_profiles", "objectives"):
+        entries = params.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{key}: expected a mapping of names to entries, got {entries!r:.80}")
+        for name in entries:
+            if not isinstance(name, str):
+                raise ConfigError(f"{key}: names must be strings, got {name!r}")
+    both = sorted(set(params.get("profiles") or {}) & set(params.get("more_profiles") or {}))
+    if both:
+        raise ConfigError(f"more_profiles.{both[0]}: also defined under `profiles`; a profile name must be unique")
     return params
 
 
-def _raw_profile(params: dict, name: str, seen: tuple[str, ...] = ()) -> dict:
+def profile_key(params: dict, name: str) -> str:
+    """The key path of profile ``name``: ``profiles.<name>`` or ``more_profiles.<name>``."""
+    return f"more_profiles.{name}" if name in (params.get("more_profiles") or {}) else f"profiles.{name}"
+
+
+def no_profiles_error(path: Any) -> ConfigError:
+    """The error for a params file without profiles (empty, or only objectives)."""
+    return ConfigError(f"profiles: {path} defines no profiles; add `profiles:` with at least one, e.g. "
+                       f"`tiny: {{data: {{}}, model: {{}}, sft: {{}}, rl: {{}}, eval: {{}}}}` (a profile without "
+                       f"`extends` states each of {', '.join(SECTIONS)}; `{{}}` = the defaults)")
+
+
+def _raw_profile(params: dict, name: str, seen: tuple[str, ...] = (), path: Any = "params.yaml") -> dict:
     every = {**(params.get("more_profiles") or {}), **(params.get("profiles") or {})}
+    if not every:
+        raise no_profiles_error(path)
     if name not in every:
         raise ConfigError(f"unknown profile '{name}'; valid profiles: {', '.join(sorted(every))}")
+    where = profile_key(params, name)
     if name in seen:
-        raise ConfigError(f"profiles.{name}.extends: cycle {' -> '.join(seen + (name,))}")
-    raw = dict(every[name] or {})
-    unknown = sorted(set(raw) - _SECTIONS)
+        raise ConfigError(f"{where}.extends: cycle {' -> '.join(seen + (name,))}")
+    raw = every[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(sorted(_PROFILE_KEYS))}, got {raw!r:.80}")
+    raw = dict(raw)
+    for k in raw:
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}: keys must be strings, got {k!r}")
+    unknown = sorted(set(raw) - _PROFILE_KEYS)
     if unknown:
-        raise ConfigError(
-            f"unknown key 'profiles.{name}.{unknown[0]}'; valid keys: {', '.join(sorted(_SECTIONS))}"
-        )
+        raise ConfigError(f"unknown key '{where}.{unknown[0]}'; valid keys: {', '.join(sorted(_PROFILE_KEYS))}")
+    for s in SECTIONS:
+        if s in raw and raw[s] is None:
+            raw[s] = {}  # `rl:` with nothing under it: the defaults (in a base) or no change (under `extends`)
     base = raw.pop("extends", None)
-    if base is not None:
-        raw = _deep_merge(_raw_profile(params, base, seen + (name,)), raw)
-    return raw
+    if base is None:
+        missing = [s for s in SECTIONS if s not in raw]
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]}: missing; a profile without `extends` states each of "
+                              f"{', '.join(SECTIONS)} (`{missing[0]}: {{}}` = all defaults)")
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}.extends: expected the name of another profile, got {base!r}")
+    if base not in every:
+        raise ConfigError(f"{where}.extends: unknown profile '{base}'; valid profiles: {', '.join(sorted(every))}")
+    return _deep_merge(_raw_profile(params, base, seen + (name,), path), raw)
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> dict:
+def _set_dotted(d: dict, dotted: Any, value: Any, where: str = "") -> dict:
+    if not isinstance(dotted, str):
+        raise ConfigError(f"overrides: keys must be dotted strings such as 'rl.steps', got {dotted!r}")
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"overrides['{dotted}']: empty part in the dotted key; write e.g. 'rl.steps'")
     out = dict(d)
     cur = out
-    for k in keys[:-1]:
-        cur[k] = dict(cur.get(k) or {})
+    for i, k in enumerate(keys[:-1]):
+        inner = cur.get(k)
+        if inner is not None and not isinstance(inner, dict):
+            at = _join(where, ".".join(keys[: i + 1]))
+            raise ConfigError(f"overrides['{dotted}']: {at} is not a mapping, got {inner!r:.60}; an override names "
+                              "a key under a section, e.g. 'rl.steps'")
+        cur[k] = dict(inner or {})
         cur = cur[k]
     cur[keys[-1]] = value
     return out
 
 
+def check_overrides(overrides: Any, what: str = 'dotted keys to values, e.g. {"rl.steps": 3}') -> dict:
+    """``overrides`` as a dict (None: none); anything but a mapping raises."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides: expected a mapping of {what}, got {overrides!r:.80}")
+    return overrides
+
+
 def load_profile(path: str | Path = "params.yaml", name: str = "tiny", overrides: dict | None = None) -> Profile:
     """Load profile ``name`` strictly; ``overrides`` maps dotted keys (``"rl.steps"``) to values."""
-    raw = _raw_profile(read_params(path), name)
-    for k, v in (overrides or {}).items():
-        raw = _set_dotted(raw, k, v)
-    return from_dict(Profile, {**raw, "name": name}, f"profiles.{name}")
+    params = read_params(path)
+    if not isinstance(name, str):
+        raise ConfigError(f"profile: expected the name of a profile, got {name!r}")
+    raw = _raw_profile(params, name, path=path)
+    where = profile_key(params, name)
+    for k, v in check_overrides(overrides).items():
+        raw = _set_dotted(raw, k, v, where)
+    return validate_profile(from_dict(Profile, {**raw, "name": name}, where), where)
 
 
 def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
@@ -470,8 +829,11 @@ def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
     An entry holds the settings of a registry objective that differ from its defaults (``grpo: {}`` = the paper's
     defaults), or is a *variant* (an ablation, another precision) that names its registry objective with ``method``
     and states what differs from that objective's defaults: ``paec-no_penalty: {method: paec, penalty: false}``.
-    The settings are validated by the method's own config (``objectives.make_objective_config``)."""
+    The settings are validated by the method's own config (``objectives.make_objective_config``, which names
+    ``objectives.<objective>`` when given ``where``)."""
     objectives = read_params(path).get("objectives") or {}
+    if not isinstance(objective, str):
+        raise ConfigError(f"objective: expected the name of an entry under `objectives`, got {objective!r}")
     if objective not in objectives:
         raise ConfigError(f"unknown objective '{objective}' in {path}; objectives with settings: "
                           f"{', '.join(sorted(objectives))}")
@@ -479,8 +841,12 @@ def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
     if entry is None:
         entry = {}
     if not isinstance(entry, dict):
-        raise ConfigError(f"objectives.{objective}: expected a mapping of settings, got {entry!r}")
+        raise ConfigError(f"objectives.{objective}: expected a mapping of settings, got {entry!r:.80}")
     entry = dict(entry)
+    for k in entry:
+        if not isinstance(k, str):
+            hint = f" ({_YAML_BOOL_HINT})" if isinstance(k, bool) else ""
+            raise ConfigError(f"objectives.{objective}: keys must be strings, got {k!r}{hint}")
     method = entry.pop("method", objective)
     if not isinstance(method, str):
         raise ConfigError(f"objectives.{objective}.method: expected the name of a registry objective, got {method!r}")
@@ -488,9 +854,10 @@ def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
         raise ConfigError(f"objectives.{objective}.extends: variants name their registry objective with `method:` "
                           "and state what differs from its defaults; to reuse another entry's settings, merge it "
                           "with a YAML anchor (`<<: *name`)")
-    if method != objective and method in objectives and objectives[method] and "method" in (objectives[method] or {}):
+    other = objectives.get(method) if method != objective else None
+    if isinstance(other, dict) and "method" in other:
         raise ConfigError(f"objectives.{objective}.method: '{method}' is itself a variant; name its registry "
-                          f"objective ('{objectives[method]['method']}')")
+                          f"objective ('{other['method']}')")
     return method, entry
 
 
@@ -499,31 +866,60 @@ def objective_settings(path: str | Path, objective: str) -> dict:
     return resolve_objective(path, objective)[1]
 
 
+def _name_list(section: str, key: str, value: Any) -> list:
+    if value is None:
+        raise ConfigError(f"{section}.{key}: missing; expected a non-empty list")
+    if not isinstance(value, list):
+        raise ConfigError(f"{section}.{key}: expected a list, got {value!r:.60}")
+    if not value:
+        raise ConfigError(f"{section}.{key}: must not be empty (the matrix would have no runs)")
+    seen = set()
+    for i, v in enumerate(value):
+        try:
+            hash(v)
+        except TypeError:
+            raise ConfigError(f"{section}.{key}[{i}]: expected a name or a seed, got {v!r:.60}") from None
+        if v in seen:
+            raise ConfigError(f"{section}.{key}: {v!r} is listed twice (two runs of the same name); list it once")
+        seen.add(v)
+    return value
+
+
 def run_matrix(path: str | Path = "params.yaml", section: str = "rl_runs") -> list[tuple[str, str, int]]:
     """The ``(profile, objective, seed)`` runs of ``rl_runs`` (or of ``study``, whose profile is one), validated:
     active profiles, objectives with an entry under ``objectives``, integer seeds."""
+    if section not in ("rl_runs", "study"):
+        raise ConfigError(f"{section}: not a run matrix; valid: rl_runs, study")
     params = read_params(path)
     runs = params.get(section)
     if not isinstance(runs, dict):
-        raise ConfigError(f"{path}: `{section}` must be a mapping with objectives and seeds")
+        raise ConfigError(f"{section}: must be a mapping with objectives and seeds, got {runs!r:.60} (in {path})")
     keys = {"rl_runs": {"profiles", "objectives", "seeds"}, "study": {"profile", "objectives", "seeds"}}[section]
+    for k in runs:
+        if not isinstance(k, str):
+            raise ConfigError(f"{section}: keys must be strings, got {k!r}")
     unknown = sorted(set(runs) - keys)
     if unknown:
         raise ConfigError(f"unknown key '{section}.{unknown[0]}'; valid keys: {', '.join(sorted(keys))}")
-    profiles = runs.get("profiles") if section == "rl_runs" else [runs.get("profile")]
     every = {**(params.get("more_profiles") or {}), **(params.get("profiles") or {})}
-    valid_profiles = params.get("profiles") or {} if section == "rl_runs" else every
-    for p in profiles or []:
-        if p not in valid_profiles:
-            raise ConfigError(f"{section}: profile '{p}' is not {'an active profile' if section == 'rl_runs' else 'a profile'}; "
+    if section == "rl_runs":
+        profiles, valid_profiles = _name_list(section, "profiles", runs.get("profiles")), params.get("profiles") or {}
+    else:
+        profiles, valid_profiles = [runs.get("profile")], every
+    for i, p in enumerate(profiles):
+        key = f"{section}.profiles[{i}]" if section == "rl_runs" else f"{section}.profile"
+        if not isinstance(p, str) or p not in valid_profiles:
+            raise ConfigError(f"{key}: profile {p!r} is not "
+                              f"{'an active profile (under `profiles`)' if section == 'rl_runs' else 'a profile'}; "
                               f"valid: {', '.join(sorted(valid_profiles))}")
     objectives = params.get("objectives") or {}
-    for o in runs.get("objectives") or []:
-        if o not in objectives:
-            raise ConfigError(f"{section}.objectives: '{o}' has no entry under `objectives`; valid: "
+    names = _name_list(section, "objectives", runs.get("objectives"))
+    for i, o in enumerate(names):
+        if not isinstance(o, str) or o not in objectives:
+            raise ConfigError(f"{section}.objectives[{i}]: {o!r} has no entry under `objectives`; valid: "
                               f"{', '.join(sorted(objectives))}")
-    seeds = runs.get("seeds") or []
-    for s in seeds:
+    seeds = _name_list(section, "seeds", runs.get("seeds"))
+    for i, s in enumerate(seeds):
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ConfigError(f"{section}.seeds: expected integers >= 0, got {s!r}")
-    return [(p, o, s) for p in profiles or [] for o in runs.get("objectives") or [] for s in seeds]
+            raise ConfigError(f"{section}.seeds[{i}]: expected integers >= 0, got {s!r}")
+    return [(p, o, s) for p in profiles for o in names for s in seeds]

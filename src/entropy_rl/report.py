@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from .config import read_params
 from .evaluate import RUN_NAME, maj_table, method_of  # noqa: F401  (maj_table, method_of: re-exported)
 from .io import read_json
 from .objectives import CLAIM_FIGURES, SPECS, Claim, all_claims, figure_objectives  # noqa: F401  (re-exported)
@@ -253,7 +253,7 @@ def update_readme(readme: str | Path = "README.md", root: str | Path = ".") -> l
 
 def summary_text(params_file: str | Path = "params.yaml", reports: str | Path = "reports") -> str:
     """What ``make repro`` prints at the end: per active profile its results table and where its figures are."""
-    profiles = (yaml.safe_load(Path(params_file).read_text()) or {}).get("profiles") or {}
+    profiles = read_params(params_file).get("profiles") or {}
     out = []
     for name in profiles:
         d = Path(reports) / name

@@ -48,12 +48,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 import verl  # noqa: F401  (the optional engine; this module is for verl's environment)
 from verl.trainer.ppo import core_algos
 
 from entropy_rl.advantages import get_advantage
-from entropy_rl.config import ConfigError
+from entropy_rl.config import ConfigError, read_params
 from entropy_rl.objectives import RLBatch, agg_denominator, get_objective, init_controller_state, load_objective
 from entropy_rl.token_stats import TokenStats
 
@@ -188,8 +187,7 @@ def register_all(params: str | os.PathLike | None = "params.yaml", prefix: str =
 
 
 def _objective_names(params) -> list[str]:
-    with open(params) as f:
-        return sorted((yaml.safe_load(f) or {}).get("objectives") or {})
+    return sorted(read_params(params).get("objectives") or {})
 
 
 def controller_state(name: str) -> dict:

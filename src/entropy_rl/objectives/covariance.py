@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, choice
+from ..config import GE0, ANY, ConfigError, choice, within
 from ..controllers import SCHEDULES, anneal_scale
 from ..token_stats import TokenStats
 from ..agg import agg_loss
@@ -95,11 +95,12 @@ class CovBand:
     cov_ub: float = 5.0
     """omega_high: candidates have cov < cov_ub (paper/verl: 5)"""
 
+    RANGES = {"clip_ratio": within(0, 1, note="a fraction"), "cov_lb": ANY, "cov_ub": ANY}
+
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.clip_ratio <= 1 or self.cov_lb >= self.cov_ub:
-            raise ConfigError(f"clip_ratio must be in [0, 1] and cov_lb < cov_ub, got {self.clip_ratio}, "
-                              f"{self.cov_lb}, {self.cov_ub}")
+        if self.cov_lb >= self.cov_ub:
+            raise ConfigError(f"cov_lb: must be < cov_ub ({self.cov_ub}), got {self.cov_lb}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class ClipCovConfig(ScopedStatistic, CovBand, GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.clip_ratio_c is not None:
-            raise ConfigError("clip_ratio_c: clip_cov applies no dual clipping (verl's clip_cov ignores it)")
+            raise ConfigError(f"clip_ratio_c: clip_cov applies no dual clipping (verl's clip_cov ignores it), got "
+                              f"{self.clip_ratio_c}; valid: null")
 
 
 def clip_cov_loss(batch: RLBatch, stats: TokenStats, cfg, ratio: float, name: str) -> tuple[Tensor, dict]:
@@ -161,10 +163,7 @@ class KLCovConfig(ScopedStatistic, GRPOConfig):
     dynamic_sampling: bool = True
     """the authors' runs build on the DAPO recipe with dynamic sampling"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 <= self.k <= 1 or self.coef < 0:
-            raise ConfigError(f"k must be in [0, 1] (a fraction, not a percent) and coef >= 0, got {self.k}, {self.coef}")
+    RANGES = {"k": within(0, 1, note="a fraction, not a percent"), "coef": GE0}
 
 
 def kl_cov_loss(batch: RLBatch, stats: TokenStats, cfg, coef: float, name: str) -> tuple[Tensor, dict]:
@@ -218,15 +217,15 @@ class CovAnnealedConfig(CovBand, KLCovConfig):
     clip_high: float = 1.0
     """`clip_cov` regularizer: PPO clip as in the Clip-Cov scripts"""
 
+    RANGES = {"anneal_start": within(0, 1, "[)", "a fraction of training"), "anneal_final": within(0, 1)}
+
     def __post_init__(self):
         super().__post_init__()
         choice("regularizer", self.regularizer, ["kl_cov", "clip_cov"])
         choice("schedule", self.schedule, SCHEDULES)
-        if not 0 <= self.anneal_start < 1 or not 0 <= self.anneal_final <= 1:
-            raise ConfigError(f"anneal_start must be in [0, 1) and anneal_final in [0, 1], got "
-                              f"{self.anneal_start}, {self.anneal_final}")
         if self.regularizer == "clip_cov" and self.clip_ratio_c is not None:
-            raise ConfigError("clip_ratio_c: the clip_cov regularizer applies no dual clipping")
+            raise ConfigError(f"clip_ratio_c: the clip_cov regularizer applies no dual clipping, got "
+                              f"{self.clip_ratio_c}; valid: null")
 
     @property
     def uses_total_steps(self) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import GE0, ConfigError, within
 from ..controllers import adaptive_coef_applied, adaptive_coef_init, adaptive_coef_update
 from ..token_stats import TokenStats
 from ..agg import agg_loss
@@ -36,14 +36,16 @@ class EntropyBonusConfig(GRPOConfig):
     coef_max: float = 1.0
     """adaptive: upper bound of the coefficient (TRL: 1)"""
 
+    RANGES = {"coef": GE0, "target": GE0, "delta": GE0, "coef_min": GE0, "coef_max": GE0}
+
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.coef_min <= self.coef_max:
-            raise ConfigError(f"coef_min/coef_max: need 0 <= coef_min <= coef_max, got {self.coef_min}, {self.coef_max}")
+        if self.coef_min > self.coef_max:
+            raise ConfigError(f"coef_min: must be <= coef_max ({self.coef_max}; the coef_min/coef_max bounds of the "
+                              f"controller), got {self.coef_min}")
         if self.adaptive and not self.coef_min <= self.coef <= self.coef_max:
-            raise ConfigError(f"coef: the initial coefficient must lie in [coef_min, coef_max], got {self.coef}")
-        if self.delta < 0 or self.target < 0:
-            raise ConfigError(f"delta and target: must be >= 0, got {self.delta}, {self.target}")
+            raise ConfigError(f"coef: the initial coefficient must lie in [coef_min, coef_max] = "
+                              f"[{self.coef_min}, {self.coef_max}], got {self.coef}")
 
 
 def _bonus_init(cfg: EntropyBonusConfig) -> dict:
@@ -124,10 +126,7 @@ class HighEntropyMaskConfig(ScopedStatistic, DAPOConfig):
     rho: float = 0.2
     """fraction of the highest-entropy tokens that get a policy gradient (paper: 0.2)"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 < self.rho <= 1:
-            raise ConfigError(f"rho: must be in (0, 1], got {self.rho}")
+    RANGES = {"rho": within(0, 1, "(]", "a fraction of the tokens")}
 
 
 @register_objective("high_entropy_mask", HighEntropyMaskConfig, metrics={

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, choice
+from ..config import GE0, GT0, ConfigError, at_least, choice
 from ..token_stats import TokenStats
 from .common import masked_mean, upcast
 from .grpo import GRPOConfig, clipped_pg_loss
@@ -58,14 +58,14 @@ class ERPOConfig(GRPOConfig):
     eps: float = 1e-6
     """epsilon of the z-scores"""
 
+    RANGES = {"gamma": GE0, "n_buckets": at_least(1), "eta": GE0, "beta_p": GT0, "min_bucket_tokens": at_least(1),
+              "eps": GT0}
+
     def __post_init__(self):
         super().__post_init__()
         choice("progress_norm", self.progress_norm, PROGRESS_NORMS)
         choice("progress_ref", self.progress_ref, ["ref", "old"])
         choice("stats_from", self.stats_from, ["rollout", "current"])
-        if self.n_buckets < 1 or self.min_bucket_tokens < 1 or self.gamma < 0 or self.eta < 0 or self.eps <= 0:
-            raise ConfigError(f"need n_buckets >= 1, min_bucket_tokens >= 1, gamma >= 0, eta >= 0, eps > 0; got "
-                              f"{self.n_buckets}, {self.min_bucket_tokens}, {self.gamma}, {self.eta}, {self.eps}")
         if self.progress_ref == "old" and self.stats_from == "rollout":
             raise ConfigError("progress_ref: 'old' needs stats_from: current (from the rollout pass s = 0 exactly)")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import GE0, above, at_least, within
 from ..token_stats import TokenStats
 from ..agg import agg_loss
 from .common import clipped_surrogate, k3_kl, policy_metrics, resolve_l_max
@@ -38,12 +38,7 @@ class GRPOConfig(ObjectiveConfig):
     l_max: int | None = None
     """constant length for `seq-mean-token-sum-norm` (None = the response-length cap)"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not (0 <= self.clip_low <= 1 and self.clip_high >= 0):
-            raise ConfigError(f"clip_low must be in [0, 1] and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ConfigError(f"clip_ratio_c: must be > 1, got {self.clip_ratio_c}")
+    RANGES = {"clip_low": within(0, 1), "clip_high": GE0, "clip_ratio_c": above(1), "l_max": at_least(1)}
 
 
 def clipped_pg_loss(batch: RLBatch, stats: TokenStats, cfg: GRPOConfig, keep: Tensor | None = None,

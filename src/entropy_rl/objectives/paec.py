@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import GE0, GT0, at_least, within
 from ..controllers import anchor_init, anchor_update
 from ..token_stats import DEFAULT_TOP_P, TokenStats
 from .common import masked_mean, upcast
@@ -53,13 +53,9 @@ class PAECConfig(GRPOConfig):
     bonus_coef: float = 0.0
     """weight of a masked entropy bonus -beta * Hbar besides the floor penalty (docs/methods.md §9: may exist; off)"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 <= self.rho < 1 or not 0 <= self.competition_weight <= 1 or not 0 < self.top_p <= 1:
-            raise ConfigError(f"need 0 <= rho < 1, 0 <= competition_weight <= 1, 0 < top_p <= 1; got {self.rho}, "
-                              f"{self.competition_weight}, {self.top_p}")
-        if self.rho_min < 0 or self.coef < 0 or self.bonus_coef < 0 or self.anchor_steps < 1 or self.mask_temperature <= 0:
-            raise ConfigError("need rho_min, coef, bonus_coef >= 0, anchor_steps >= 1 and mask_temperature > 0")
+    RANGES = {"rho": within(0, 1, "[)", "a quantile"), "rho_min": GE0, "coef": GE0, "anchor_steps": at_least(1),
+              "competition_weight": within(0, 1), "mask_temperature": GT0, "top_p": within(0, 1, "(]"),
+              "bonus_coef": GE0}
 
     def needs(self) -> Needs:
         return dataclasses.replace(super().needs(), top_p=self.top_p)

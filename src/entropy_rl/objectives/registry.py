@@ -28,7 +28,7 @@ from typing import Callable
 from torch import Tensor
 
 from ..advantages import ADVANTAGES
-from ..config import ConfigError, choice, from_dict, resolve_objective
+from ..config import ANY, GE0, ConfigError, check_overrides, check_ranges, choice, from_dict, resolve_objective, within
 from ..registry import Registry, registry
 from ..token_stats import DEFAULT_TOP_P
 from ..agg import AGG_MODES
@@ -85,7 +85,8 @@ class RLBatch:
     is_weights: Tensor | None = None
     """per-token train/inference mismatch weights, detached: truncated importance sampling
     ``min(pi_old / pi_rollout, C)`` when the sampler is a separate engine (``rl.rollout.tis``); they multiply the
-    per-token policy-gradient loss of every objective (``pg_loss``), not its regularizers. None: no correction"""
+    per-token loss that goes through ``pg_loss`` (KL-Cov's penalty included, as in verl), not the terms added after
+    aggregation (the k3 KL, the entropy bonus, PAEC's terms). None: no correction"""
 
     def select(self, rows: Tensor, scope: StatScope | None = None) -> "RLBatch":
         """The rows ``rows`` (a ``[b]`` index tensor) as a micro-batch; ``scope`` (if given) gets those rows."""
@@ -139,16 +140,16 @@ class ObjectiveConfig:
     """precision of the per-token log-probs (current, old, reference) before any ratio: `float32` (the fix of
     docs/methods.md §2/§7 S1), or `bfloat16`/`float16` to reproduce the REPO/ADAPO precision finding (§2 Theorem 3, §9)"""
 
+    RANGES = {"kl_coef": GE0, "max_gen_batches": ANY, "overlong_buffer": within(0, 1, "[)", "a fraction of the length cap"),
+              "overlong_penalty": GE0}
+    """the valid values of the numeric fields (merged over the bases: :func:`~entropy_rl.config.ranges_of`); every
+    subclass declares the ranges of the numeric fields it adds, and this ``__post_init__`` checks them all"""
+
     def __post_init__(self):
+        check_ranges(self, "")
         choice("advantage", self.advantage, sorted(ADVANTAGES.names()))
         choice("agg", self.agg, AGG_MODES)
         choice("logprob_dtype", self.logprob_dtype, LOGPROB_DTYPES)
-        if self.kl_coef < 0:
-            raise ConfigError(f"kl_coef: must be >= 0, got {self.kl_coef}")
-        if not 0.0 <= self.overlong_buffer < 1.0:
-            raise ConfigError(f"overlong_buffer: must be in [0, 1) (a fraction of the length cap), got {self.overlong_buffer}")
-        if self.overlong_penalty < 0:
-            raise ConfigError(f"overlong_penalty: must be >= 0, got {self.overlong_penalty}")
 
     def needs(self) -> Needs:
         """What the loop must compute for this objective (subclasses and mixins extend it)."""
@@ -186,10 +187,7 @@ class EntropyTarget:
     target_entropy: float | None = None
     """H*: the target token entropy in nats (None = the first step's entropy; docs/methods.md §2(b), §9)"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.target_entropy is not None and self.target_entropy < 0:
-            raise ConfigError(f"target_entropy: must be >= 0 or null, got {self.target_entropy}")
+    RANGES = {"target_entropy": GE0}
 
 
 # ---------------------------------------------------------------------------------------------- registrations
@@ -310,20 +308,28 @@ def update_controller_state(name: str, state: dict, cfg: ObjectiveConfig, row: d
     return dict(update(dict(state), cfg, row)) if update else dict(state)
 
 
-def make_objective_config(name: str, settings: dict | None = None):
-    """Validate ``settings`` (from ``objectives.<name>`` in params.yaml) into the objective's config."""
-    return from_dict(get_config_cls(name), settings or {}, f"objectives.{name}")
+def make_objective_config(name: str, settings: dict | None = None, where: str | None = None):
+    """Validate ``settings`` into the config of registry objective ``name``; errors name the key under ``where``
+    (the params.yaml entry the settings come from; default ``objectives.<name>``: pass ``objectives.<variant>`` for
+    a variant, as :func:`load_objective` does)."""
+    where = f"objectives.{name}" if where is None else where
+    if name not in SPECS:
+        at = f"{where}.method" if where != f"objectives.{name}" else where
+        hint = "" if at.endswith(".method") else " (a variant names its registry objective with `method:`)"
+        raise ConfigError(f"{at}: unknown objective '{name}'; valid: {', '.join(SPECS)}{hint}")
+    return from_dict(get_config_cls(name), settings or {}, where)
 
 
 def load_objective(objective: str, params: str | Path | None = "params.yaml",
                    overrides: dict | None = None) -> tuple[str, ObjectiveConfig]:
     """(registry method, validated config) of ``objectives.<objective>`` in the params file ``params`` (a variant
-    resolved to its ``method``), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``."""
+    resolved to its ``method``), with ``overrides`` on top; ``params=None``: the registry defaults of ``objective``.
+    Errors name the entry's own key: ``objectives.paec-no_penalty.coef``."""
     if params is None:
         method, settings = SPECS.get(objective).name, {}
     else:
         method, settings = resolve_objective(params, objective)
-    return method, make_objective_config(method, {**settings, **(overrides or {})})
+    return method, make_objective_config(method, {**settings, **check_overrides(overrides, 'settings to values, e.g. {"kl_coef": 0.04}')}, f"objectives.{objective}")
 
 
 def all_claims() -> list[Claim]:

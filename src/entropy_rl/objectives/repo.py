@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import ANY, GT0, ConfigError, Range, above, at_least
 from ..controllers import clip_high_update, entropy_target, zeta_update
 from ..token_stats import TokenStats
 from .common import clipped_surrogate, masked_mean, upcast
@@ -49,13 +49,17 @@ class REPOConfig(EntropyTarget, DAPOConfig):
     logp_floor: float = -20.0
     """log pi is clamped below at this value before it enters L (docs/methods.md §9)"""
 
+    RANGES = {"zeta": ANY, "zeta_min": GT0, "zeta_max": GT0, "logp_floor": Range(hi=0, hi_open=True, note="a log-prob")}
+
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.zeta_min <= self.zeta_max:
-            raise ConfigError(f"zeta_min/zeta_max: need 0 < zeta_min <= zeta_max, got {self.zeta_min}, {self.zeta_max}")
+        if self.zeta_min > self.zeta_max:
+            raise ConfigError(f"zeta_min: must be <= zeta_max ({self.zeta_max}), got {self.zeta_min}")
         lo = -self.zeta_max if self.signed else self.zeta_min
         if self.adaptive and not (lo <= self.zeta <= self.zeta_max and abs(self.zeta) >= self.zeta_min):
-            raise ConfigError(f"zeta: the initial value must have |zeta| in [zeta_min, zeta_max], got {self.zeta}")
+            sign = " (or its negative, with signed: true)" if self.signed else ""
+            raise ConfigError(f"zeta: the initial value must have |zeta| in [zeta_min, zeta_max] = "
+                              f"[{self.zeta_min}, {self.zeta_max}]{sign}, got {self.zeta}")
 
 
 @dataclass(frozen=True)
@@ -178,14 +182,15 @@ class ADAPOConfig(EntropyTarget, DAPOConfig):
     clip_factor: float = 1.1
     """multiplicative step c of eps_high per RL step (docs/methods.md §2(f)4)"""
 
+    RANGES = {"clip_high_min": at_least(0), "clip_high_max": at_least(0), "clip_factor": above(1)}
+
     def __post_init__(self):
         super().__post_init__()
-        if self.clip_factor <= 1 or not 0 <= self.clip_high_min <= self.clip_high_max:
-            raise ConfigError(f"need clip_factor > 1 and 0 <= clip_high_min <= clip_high_max, got {self.clip_factor}, "
-                              f"{self.clip_high_min}, {self.clip_high_max}")
+        if self.clip_high_min > self.clip_high_max:
+            raise ConfigError(f"clip_high_min: must be <= clip_high_max ({self.clip_high_max}), got {self.clip_high_min}")
         if self.adaptive and not self.clip_high_min <= self.clip_high <= self.clip_high_max:
-            raise ConfigError(f"clip_high: the initial eps_high must lie in [clip_high_min, clip_high_max], got "
-                              f"{self.clip_high}")
+            raise ConfigError(f"clip_high: the initial eps_high must lie in [clip_high_min, clip_high_max] = "
+                              f"[{self.clip_high_min}, {self.clip_high_max}], got {self.clip_high}")
 
 
 def _clip_init(cfg: ADAPOConfig) -> dict:

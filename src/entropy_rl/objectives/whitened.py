@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import GT0
 from ..token_stats import TokenStats
 from .common import masked_mean, upcast
 from .grpo import GRPOConfig, clipped_pg_loss
@@ -25,10 +25,7 @@ class WhitenedConfig(GRPOConfig):
     eps: float = 1e-8
     """added to the std before dividing (CleanRL: 1e-8)"""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.eps <= 0:
-            raise ConfigError(f"eps: must be > 0, got {self.eps}")
+    RANGES = {"eps": GT0}
 
 
 def masked_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
