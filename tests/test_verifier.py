@@ -48,6 +48,32 @@ def test_score_cases(response, gold, want):
     assert V.score(response, gold)["correct"] is want
 
 
+@pytest.mark.parametrize("response,extracted", [
+    ("\\boxed{5}, wait, \\boxed{6}", "5,6"),  # boxes less than 70 characters apart with a separator merge
+    ("\\boxed{5}. Hmm, so the answer is \\boxed{6}", "5,6"),
+    ("\\boxed{5}" + "x" * 9 + "\\boxed{6}", "5,6"),  # under 10 characters apart: merged without a separator
+    ("\\boxed{5}" + "x" * 10 + "\\boxed{6}", "6"),
+    ("\\boxed{5}," + "x" * 68 + "\\boxed{6}", "5,6"),
+    ("\\boxed{5}," + "x" * 69 + "\\boxed{6}", "6"),
+    ("\\boxed{6}, i.e. \\boxed{6}", "6"),  # equal neighbours count once
+    ("\\boxed{4}, \\boxed{5}, \\boxed{6}", "4,5,6"),
+    ("\\boxed{5}" + " and more reasoning" * 20 + " so \\boxed{6}", "6"),  # far apart: the last box
+    ("$\\boxed{5}$, wait, $\\boxed{6}$", "6"),  # inside $..$: math-verify's environment pattern
+    ("$\\boxed{5}$ and $\\boxed{6}$", "5 and 6"),
+    ("\\boxed{5}. Actually it is 6.", "5"),  # a box beats later unboxed text
+])
+def test_what_math_verify_extracts_from_several_boxes(response, extracted):
+    """The extraction rules as the verifier module docstring states them (step 2), measured."""
+    assert V.score(response, "6")["answer"] == extracted
+
+
+def test_a_merged_set_is_not_a_single_answer():
+    assert not V.score("\\boxed{5}, \\boxed{6}", "6")["correct"]
+    assert not V.score("\\boxed{5}, \\boxed{6}", "5")["correct"]
+    assert V.score("\\boxed{5}, \\boxed{6}", "5, 6")["correct"]
+    assert V.score("\\boxed{6}, \\boxed{6.0}", "6")["correct"]
+
+
 def test_gold_first_order_and_extracted_answer():
     s = V.score("Thus $\\boxed{\\dfrac{1}{2}}$.", "0.5")
     assert s["correct"] and s["answer"] == "\\frac{1}{2}" and s["key"] == "1/2" and s["parsed"]
@@ -95,6 +121,18 @@ def test_adversarial_inputs_answer_incorrect_within_the_timeout(fast_verifier):
     assert wall < TIMEOUT * len(bad) + 30
     killed = [p for p in pids_before if p not in fast_verifier.pool.pids()]
     assert fast_verifier.pool.stats["timeout"] >= 1 and not _alive(killed)  # stuck workers were killed
+
+
+def test_a_valid_but_deeply_nested_answer_times_out(fast_verifier):
+    """math-verify's check of a right answer doubles in time per level of \\frac nesting: 10 deep is instant,
+    50 deep never finishes (status timeout, scored incorrect)."""
+    def nested(d):
+        return "\\boxed{" + "\\frac{" * d + "1" + "}{2}" * d + "}"
+
+    shallow, deep = fast_verifier.score([nested(10), nested(50)],
+                                        [f"\\frac{{1}}{{{2**10}}}", f"\\frac{{1}}{{{2**50}}}"])
+    assert shallow["correct"] and shallow["status"] == "ok"
+    assert deep == {"correct": False, "answer": None, "key": None, "parsed": False, "status": "timeout"}
 
 
 def test_pool_statuses_and_replacement():

@@ -36,7 +36,7 @@ from .metrics import summarize_benchmarks
 from .policy import frozen_stats
 from .progress import progress
 from .prompts import build_prompt
-from .rewards import arithmetic_vote_key, extract_boxed, get_reward, math_reward
+from .rewards import arithmetic_vote_key, extract_boxed, get_reward, math_reward, score_batch
 from .rewards.pool import MathVerifier, default_verifier
 from .rollout import BACKENDS, HFRollout
 
@@ -91,14 +91,18 @@ def load_backend(name: str, base_dir: str | Path, adapter_dir: str | Path | None
 # Scorers and tasks
 # ----------------------------------------------------------------------------------------------------------
 class RewardScorer:
-    """Any ``reward(response, answer) -> float`` applied in-process (1.0 = correct); votes on ``vote_key``."""
+    """Any ``reward(response, answer) -> float`` (1.0 = correct), all responses of a call scored as one batch;
+    votes on ``vote_key``."""
 
     def __init__(self, reward_fn: Callable[[str, str], float],
                  vote_key: Callable[[str], str | None] = arithmetic_vote_key):
         self.reward_fn, self.vote_key = reward_fn, vote_key
 
     def score_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[dict]]:
-        return [[{"correct": bool(self.reward_fn(r, gold)), "answer": extract_boxed(r), "vote": self.vote_key(r),
+        # one batch for all groups (:func:`~entropy_rl.rewards.score_batch`: the reward's ``batch`` when it has one)
+        flat = iter(score_batch(self.reward_fn, [r for _, rs in groups for r in rs],
+                                [gold for gold, rs in groups for _ in rs]))
+        return [[{"correct": bool(next(flat)), "answer": extract_boxed(r), "vote": self.vote_key(r),
                   "status": "ok"} for r in responses] for gold, responses in groups]
 
 
@@ -130,9 +134,12 @@ def arithmetic_task(records: list[dict]) -> EvalTask:
 
 
 def benchmark_tasks(names: Sequence[str], source: str | Path, limit: int | None = None,
-                    template: str = "boxed") -> list[EvalTask]:
-    """One task per math benchmark, read from ``source`` (``"hub"`` or a local directory in the data layout)."""
-    return [EvalTask(name, load_benchmark(name, source, limit), template=template, reward="math") for name in names]
+                    template: str = "boxed", revisions: dict[str, str] | None = None) -> list[EvalTask]:
+    """One task per math benchmark, read from ``source`` (``"hub"`` or a local directory in the data layout; from the
+    hub at ``revisions[name]`` where one is given)."""
+    revisions = revisions or {}
+    return [EvalTask(name, load_benchmark(name, source, limit, revisions.get(name, "")), template=template,
+                     reward="math") for name in names]
 
 
 def profile_tasks(cfg, data_dir: str | Path) -> list[EvalTask]:
@@ -140,7 +147,7 @@ def profile_tasks(cfg, data_dir: str | Path) -> list[EvalTask]:
     (``<data_dir>/eval.jsonl``, scored by the reward of ``data.task``)."""
     ev = cfg.eval
     if ev.benchmarks:
-        return benchmark_tasks(ev.benchmarks, ev.data_source, ev.limit or None, ev.template)
+        return benchmark_tasks(ev.benchmarks, ev.data_source, ev.limit or None, ev.template, ev.revisions)
     rows = read_jsonl(Path(data_dir) / "eval.jsonl")
     if cfg.data.task == "arithmetic":
         return [arithmetic_task(rows)]

@@ -11,7 +11,22 @@ math-verify can take unbounded time (or memory) on adversarial text, and its own
   ``"crashed"`` and is replaced too; an exception answers ``"error"``. Each worker's address space is capped
   (``memory_limit_mb``), so a sympy blow-up raises ``MemoryError`` there instead of exhausting the machine.
 * Workers exit when the pool is closed, when the pool is garbage-collected, at interpreter exit
-  (``weakref.finalize``), and on their own when the parent dies (their pipe reaches end-of-file).
+  (``weakref.finalize``), and when the parent process dies, even in the middle of an item
+  (:func:`_die_with_parent`):
+
+  - on Linux each worker's first act is ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so the kernel kills it the moment
+    its parent goes, whatever it is doing (a long C-level sympy call holding the GIL included); it then compares
+    ``os.getppid()`` with the pid the parent passed in and exits at once if they differ (the parent died before
+    ``prctl`` took effect);
+  - everywhere, a daemon thread in the worker polls ``os.getppid()`` every :data:`WATCH_INTERVAL` seconds and
+    exits when the worker has been re-parented (the portable fallback, and a second line on Linux; it needs the
+    GIL, so a worker stuck in C code is left to the kernel signal or to the pool's timeout);
+  - between items a worker also exits when its pipe reaches end-of-file.
+
+  ``PR_SET_PDEATHSIG`` fires when the *thread* that started the child exits, not only the process: a pool
+  created or refilled in a short-lived thread would see its workers killed when that thread ends. So every
+  worker of a process is started by one long-lived daemon thread (:class:`_Spawner`), created on first use (and
+  again in a forked child); the thread that calls :meth:`WorkerPool.map` only waits for it.
 * :class:`MathVerifier` scores responses against gold answers with :mod:`.verifier` in such a pool, and groups
   a prompt's sampled answers into equivalence classes for majority voting (:meth:`MathVerifier.vote_classes`).
 
@@ -19,13 +34,18 @@ A pool is not thread-safe: use one per thread.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections import Counter, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -42,12 +62,44 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _child(rfd: int, wfd: int, preload: tuple[str, ...], memory_limit_mb: int | None) -> None:
-    """The worker loop (runs in the child): read ``(fn, args)``, answer ``(status, value)``, until told to stop
-    (``None``) or until the parent is gone (end-of-file)."""
-    import resource
-    import signal
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option: the signal a process receives when the thread that created it exits (linux/prctl.h)"""
+WATCH_INTERVAL = 0.5
+"""seconds between a worker's checks that its parent is still alive (the portable fallback)"""
+ORPHANED = 70
+"""exit code of a worker that exits because its parent is gone"""
 
+
+def _watch(parent_pid: int, interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent_pid:
+            os._exit(ORPHANED)
+
+
+def _die_with_parent(parent_pid: int, interval: float = WATCH_INTERVAL, pdeathsig: bool = True) -> bool:
+    """(In the child, first thing.) Make this process end when process ``parent_pid`` ends: on Linux the kernel
+    sends SIGKILL (``PR_SET_PDEATHSIG``); then, if the parent is already gone (``os.getppid()`` differs), exit now
+    with :data:`ORPHANED`; and a daemon thread checks ``os.getppid()`` every ``interval`` seconds, everywhere.
+    Returns whether the kernel signal was armed."""
+    armed = False
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no libc symbol: the watcher thread still covers it
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(ORPHANED)
+    threading.Thread(target=_watch, args=(parent_pid, interval), name="parent-watch", daemon=True).start()
+    return armed
+
+
+def _child(rfd: int, wfd: int, preload: tuple[str, ...], memory_limit_mb: int | None, parent_pid: int) -> None:
+    """The worker loop (runs in the child): read ``(fn, args)``, answer ``(status, value)``, until told to stop
+    (``None``) or until the parent is gone (end-of-file, or :func:`_die_with_parent`)."""
+    import resource
+
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
     if memory_limit_mb:
         limit = int(memory_limit_mb) << 20
@@ -89,6 +141,65 @@ class _Worker:
     task: int | None = None
     sent: float = 0.0
     deadline: float = float("inf")
+
+
+class _Spawner:
+    """One long-lived daemon thread that starts every worker of this process (module docstring: the kernel's
+    parent-death signal follows the thread that started a child, so that thread must outlive the workers)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="verifier-spawner", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fn, fut = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                fut.set_exception(e)
+
+    def call(self, fn: Callable[[], "_Worker"]) -> "_Worker":
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        try:
+            return fut.result()
+        except BaseException:
+            # Interrupted while waiting (or the start failed): a worker started after the caller gave up must go.
+            fut.add_done_callback(_discard)
+            raise
+
+
+def _discard(fut: Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        _stop(fut.result())
+
+
+_SPAWNER: _Spawner | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _forget_spawner() -> None:
+    """In a forked child: the parent's spawner thread (and maybe its held lock) did not come along."""
+    global _SPAWNER, _SPAWNER_LOCK
+    _SPAWNER, _SPAWNER_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_spawner)
+
+
+def _spawner() -> _Spawner:
+    """This process's spawner thread, started on first use (and anew in a forked child, which has no threads)."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None or _SPAWNER.pid != os.getpid() or not _SPAWNER.thread.is_alive():
+            _SPAWNER = _Spawner()
+        return _SPAWNER
 
 
 def _stop(w: _Worker, grace: float = 0.0) -> None:
@@ -147,10 +258,15 @@ class WorkerPool:
 
     # ------------------------------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
+        return _spawner().call(self._popen)
+
+    def _popen(self) -> _Worker:
+        """Start one worker (runs in the spawner thread)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         code = (f"from {__name__} import _child; "
-                f"_child({to_child_r}, {from_child_w}, {tuple(self.preload)!r}, {self.memory_limit_mb!r})")
+                f"_child({to_child_r}, {from_child_w}, {tuple(self.preload)!r}, {self.memory_limit_mb!r}, "
+                f"{os.getpid()})")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))}
         try:
             proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env,
@@ -281,9 +397,10 @@ class MathVerifier:
     """Score responses against gold answers with math-verify, each in bounded time.
 
     ``score`` returns one dict per response: ``correct`` (bool), ``answer`` (the extracted answer string or
-    None), ``key`` (its canonical form, see :func:`.verifier.score`), ``parsed`` (whether math-verify turned it
-    into a sympy object) and ``status`` (``ok``, ``timeout``, ``error``, ``crashed``). Anything but ``ok``
-    counts as incorrect, with no answer.
+    None; boxes close together are read as one answer, e.g. ``"5,6"``: :mod:`.verifier`, step 2), ``key`` (its
+    canonical form, see :func:`.verifier.score`), ``parsed`` (whether math-verify turned it into a sympy object)
+    and ``status`` (``ok``, ``timeout``, ``error``, ``crashed``). Anything but ``ok`` counts as incorrect, with no
+    answer.
     """
 
     def __init__(self, workers: int | None = None, timeout: float = 10.0, memory_limit_mb: int | None = 4096,
@@ -375,8 +492,8 @@ _DEFAULT: MathVerifier | None = None
 
 
 def default_verifier() -> MathVerifier:
-    """The process-wide verifier behind ``get_reward("math")``: all cores, 10 s per item, started on first use
-    and stopped at interpreter exit."""
+    """The process-wide verifier behind ``get_reward("math")`` (and its ``batch``): all cores, 10 s per item,
+    started on first use and stopped at interpreter exit."""
     global _DEFAULT
     if _DEFAULT is None or not _DEFAULT.pool._finalizer.alive:
         _DEFAULT = MathVerifier()

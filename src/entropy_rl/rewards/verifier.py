@@ -12,10 +12,28 @@ Steps, for a response and a gold answer:
    stops at the ``e``), percent signs are dropped (math-verify cannot parse ``\\boxed{60\\%}``), ``°`` becomes
    ``^{\\circ}`` and a thin-space thousands separator ``1\\,000`` becomes ``1000``. Each rule fixes a failure
    measured by the gold self-check (``python -m entropy_rl.evalsets selfcheck``; docs/evaluation.md).
-2. **Extract** the prediction (:func:`parse_pred`): ``\\boxed{}`` first (priority 0), then "final answer is",
-   then "answer:", then the last LaTeX or plain expression, in math-verify's ``first_match`` mode: only the
-   first (highest-priority, rightmost) match is parsed. In the default ``any_match`` mode a box that fails to
-   parse hands over to an *earlier* expression of the response (a distractor could then count as the answer).
+2. **Extract** the prediction (:func:`parse_pred`). math-verify's patterns come in priority groups: a box
+   (``\\boxed{...}``; priority 0, with "final answer is ... I hope"), "final answer ... is" (50), "answer:"
+   (100), "answer" (200), then any LaTeX span or plain number/expression (300). Only the first group with a
+   match counts, and in it the match that *ends* rightmost (of two ending together, the one starting earlier).
+   In math-verify's ``first_match`` mode, used here, only that match is parsed; if it does not parse, the
+   response has no parsed answer. (In the default ``any_match`` mode a box that fails to parse hands over to an
+   *earlier* expression of the response, so a distractor could count as the answer.) A box beats anything
+   after it: ``\\boxed{5}. Actually it is 6.`` is read as 5.
+
+   With several boxes the answer is not simply the last one. The rightmost box match is a catch-all from the
+   first ``\\boxed{`` to the last ``}``, whose boxes latex2sympy2's ``extract_boxed_content`` (mode ``last``)
+   walks from right to left: the box to the left joins while the text between the two is shorter than 10
+   characters, or shorter than 70 characters, contains a separator (the words ``and`` or ``or``, ``,`` or ``;``)
+   and the two contents differ; the first gap failing both stops it; equal neighbours count once. The kept
+   contents are joined by commas and parsed, so several become a set. Measured (math-verify 0.9.0):
+   ``\\boxed{5}, wait, \\boxed{6}`` and ``\\boxed{5}. Hmm, so the answer is \\boxed{6}`` give ``{5, 6}``;
+   ``\\boxed{5}`` and ``\\boxed{6}`` 10 characters apart with no separator, or 70 apart with one, give 6;
+   ``\\boxed{6}, i.e. \\boxed{6}`` gives 6. Boxes inside ``$...$`` match math-verify's environment pattern
+   instead, which ends later (at the ``$``) and joins at most 6 spans separated by nothing but ``,``, ``and``
+   or ``or``: ``$\\boxed{5}$, wait, $\\boxed{6}$`` gives 6, ``$\\boxed{5}$ and $\\boxed{6}$`` gives
+   ``{5, 6}``. A set of different values is not accepted for a single gold (``{5, 6}`` is wrong for 6 and right
+   for ``5, 6``), so hedging between candidates earns nothing; ``\\boxed{6}, \\boxed{6.0}`` is right for 6.
 3. **Parse the gold** (:func:`parse_gold`): ``$`` signs and a trailing period removed, then parsed as if boxed,
    also ``first_match`` (``any_match`` misread two Minerva golds as the numbers 2 and 2/3). A gold that does
    not parse (7 of the 2,865 local golds) is compared as a normalized string.
@@ -25,6 +43,15 @@ Steps, for a response and a gold answer:
    expressions by ``evalf(chop=True)``, so below about 1e-6 (rounding) or 1e-15 (chop) any two numbers are
    "equal": the self-check's negative control found ``1.325e-27`` accepted for ``2.88e-19`` (Minerva has
    answers down to 1e-27). The guard only ever turns an accept into a reject, and only below about 0.01.
+
+**Time.** A typical response is scored in milliseconds, but nothing here bounds the time: in the pool's 10 s a
+1 MB boxed sum, a 3,000-deep ``\\frac``, 100,000 unclosed ``\\boxed{`` and ``10^{10^{10^{10^{10}}}}`` all end as
+``timeout`` (1 MB of plain text, 200,000 ``$`` or 20,000 random characters take under 0.5 s). Even a *valid*
+answer can: ``\\frac`` nested ``d`` deep (``\\frac{\\frac{1}{2}}{2}``..., gold ``\\frac{1}{2^d}``) is
+extracted and parsed in about 20 ms at any depth, but :func:`agree` (math-verify's ``verify``) roughly doubles
+in time with each level (measured for the right gold): 0.03 s at depth 12, 0.5 s at 16, 1.9 s at 18, 3.8 s at
+19, 15 s at 20, 51 s at 21 (37 s at 20 against a wrong gold). From depth 20 on such an answer, right or wrong,
+ends as status ``timeout`` and is scored incorrect; at depth 50 it would never finish.
 """
 from __future__ import annotations
 
