@@ -137,6 +137,32 @@ def test_hub_branch_reads_each_source_by_its_hub_id(monkeypatch):
                           ("BytedTsinghua-SIA/DAPO-Math-17k", None, "train")]
 
 
+def test_hub_reads_pass_the_configured_revision_and_none_without_one(monkeypatch):
+    """`data.revisions` (per training source) reaches `load_dataset` for hub reads; a source without one, and any
+    local directory, gets no `revision` argument."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, kw))
+        key = {"DigitalLearningGmbH/MATH-lighteval": "math_l3_5", "openai/gsm8k": "gsm8k",
+               "BytedTsinghua-SIA/DAPO-Math-17k": "dapo17k"}.get(path)
+        return datasets.Dataset.from_list(_raw(key)) if key else real_load(path, name, split=split, **kw)
+
+    real_load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = DataConfig(task="math", sources=["math_l3_5", "gsm8k", "dapo17k"], source="hub", n_eval=3,
+                     revisions={"gsm8k": "e53f048", "dapo17k": "v1"})
+    math_train_rows(cfg)
+    assert calls == [("DigitalLearningGmbH/MATH-lighteval", {}), ("openai/gsm8k", {"revision": "e53f048"}),
+                     ("BytedTsinghua-SIA/DAPO-Math-17k", {"revision": "v1"})]
+    calls.clear()
+    local = math_train_rows(DataConfig(task="math", sources=["gsm8k"], source=str(TRAIN_FIXTURES), n_eval=1,
+                                       revisions={"gsm8k": "e53f048"}))  # a directory: the revision does not apply
+    assert local["eval"] and [kw.get("revision") for _, kw in calls] == [None]
+
+
 def test_math_splits_are_disjoint_deterministic_and_sized():
     cfg = DataConfig(task="math", sources=["math_l3_5", "gsm8k", "dapo17k"], source=str(TRAIN_FIXTURES),
                      n_eval=3, n_rl=0, seed=5)
@@ -203,3 +229,32 @@ def test_make_data_from_the_hub_exports_every_hub_id_with_the_licence_and_verifi
         "meta"]["files"]["gsm8k/LICENSE"]
     with pytest.raises(DataMismatchError, match="math_eval/aime24.jsonl: md5"):  # the stand-in rows are not the pin
         fetch_raw(tmp_path / "hub", tmp_path / "data", ROOT / "data.dvc")
+
+
+def test_hub_export_passes_revisions_by_hub_id(tmp_path, monkeypatch):
+    """`python -m entropy_rl.data --source hub --revision openai/gsm8k=e53f048`: both GSM8K splits are read at that
+    revision, the other ids at the default branch (no `revision` argument); an unknown id or a bad item is named."""
+    import datasets
+
+    from entropy_rl import data as D
+
+    asked = []
+
+    def fake_load(hub_id, config, split, **kw):
+        asked.append((hub_id, kw.get("revision")))
+        return datasets.Dataset.from_list([{"problem": "1+1?", "answer": "2"}])
+
+    D.export_from_hub(tmp_path / "a", load=fake_load, revisions={"openai/gsm8k": "e53f048"})
+    assert asked == [(hub_id, "e53f048" if hub_id == "openai/gsm8k" else None) for hub_id, _, _ in D.HUB_SOURCES.values()]
+    with pytest.raises(ValueError, match="revision for 'openai/gsm8kk': not a hub id of HUB_SOURCES; valid: "):
+        D.export_from_hub(tmp_path / "b", load=fake_load, revisions={"openai/gsm8kk": "x"})
+
+    seen = {}
+    monkeypatch.setattr(D, "export_from_hub", lambda dest, revisions=None: seen.update(revisions))
+    monkeypatch.setattr(D, "fetch_raw", lambda *a: {})
+    D.main(["--source", "hub", "--dest", str(tmp_path / "d"), "--revision", "openai/gsm8k=e53f048",
+            "--revision", "math-ai/aime25=main"])
+    assert seen == {"openai/gsm8k": "e53f048", "math-ai/aime25": "main"}
+    for bad in (["--revision", "openai/gsm8k"], ["--revision", "nope/x=1"], ["--source", "dir", "--revision", "a=b"]):
+        with pytest.raises(SystemExit):
+            D.main(bad)

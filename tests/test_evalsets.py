@@ -84,6 +84,24 @@ def test_hub_source_goes_through_load_dataset_with_the_hub_id(monkeypatch):
                      ("openai/gsm8k", "main", "test"), ("HuggingFaceH4/MATH-500", None, "test")]
 
 
+def test_hub_benchmarks_pass_the_configured_revision_and_none_without_one(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, kw))
+        return datasets.Dataset.from_list([{"problem": "P?", "answer": "1"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    load_benchmark("math500", "hub", revision="ff5b202")
+    load_benchmark("aime25", "hub")
+    assert calls == [("HuggingFaceH4/MATH-500", {"revision": "ff5b202"}), ("math-ai/aime25", {})]
+    calls.clear()
+    load_benchmark("math500", FIXTURES, revision="ff5b202")  # a local directory: the revision does not apply
+    assert calls == [("json", {"data_files": str(FIXTURES / "math_eval" / "math500.jsonl")})]
+
+
 def test_prompt_templates(tiny_tok):
     problem = "What is $1+1$?"
     assert build_prompt(problem, tiny_tok, "plain") == problem

@@ -163,6 +163,9 @@ def test_engine_kwargs_of_the_gpu_profile():
     assert kw["enable_sleep_mode"] and kw["gpu_memory_utilization"] == 0.3 and kw["max_model_len"] == 4096
     assert kw["logprobs_mode"] == "processed_logprobs"  # log-probs after the temperature, as the trainer's
     assert kw["generation_config"] == "vllm" and kw["seed"] == 3
+    assert "revision" not in kw  # none pinned: the default branch, as the trainer loads
+    pinned = engine_kwargs("Qwen/Qwen2.5-Math-1.5B", cfg.model, cfg.rl.rollout, seed=3, revision="4a8b1c2")
+    assert pinned["revision"] == pinned["tokenizer_revision"] == "4a8b1c2"  # the engine samples the trainer's snapshot
     tiny = load_profile(ROOT / "params.yaml", "tiny")
     assert "quantization" not in engine_kwargs("x", tiny.model, tiny.rl.rollout, seed=0)
 

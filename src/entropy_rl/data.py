@@ -175,29 +175,43 @@ def fetch_raw(source: str | Path, dest: str | Path = "data", dvc_file: str | Pat
     return verify_raw(dest, dvc_file)
 
 
-def export_from_hub(dest: str | Path, load: Callable = None) -> None:
+def _check_hub_revisions(revisions: dict[str, str]) -> dict[str, str]:
+    ids = sorted({hub_id for hub_id, _, _ in HUB_SOURCES.values()})
+    unknown = sorted(set(revisions) - set(ids))
+    if unknown:
+        raise ValueError(f"revision for '{unknown[0]}': not a hub id of HUB_SOURCES; valid: {', '.join(ids)}")
+    return dict(revisions)
+
+
+def export_from_hub(dest: str | Path, load: Callable = None, revisions: dict[str, str] | None = None) -> None:
     """Write the raw sets from their hub ids (``HUB_SOURCES``) into ``dest`` in the offline layout; ``load`` is
-    ``datasets.load_dataset`` unless given (tests pass a stand-in: there is no network here).
+    ``datasets.load_dataset`` unless given (tests pass a stand-in: there is no network here). ``revisions`` maps a
+    hub id (``openai/gsm8k``) to the revision (commit, tag or branch) to read; other ids read the default branch.
 
     Hub snapshots can differ from the pinned copy: ``fetch_raw(dest)`` then names the files that differ.
     """
     load = load or datasets.load_dataset
+    revisions = _check_hub_revisions(revisions or {})
     dest = Path(dest)
     for rel, src in LICENSES.items():  # licences that travel with the data but live outside the hub sets
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)
     for rel, (hub_id, config, split) in HUB_SOURCES.items():
-        ds = load(hub_id, config, split=split)
+        pin = {"revision": revisions[hub_id]} if revisions.get(hub_id) else {}  # none: the default branch, as before
+        ds = load(hub_id, config, split=split, **pin)
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_json(str(path), lines=True, force_ascii=False)
 
 
-def read_dataset(source: str | Path, hub: tuple[str, str | None, str], rel: str, missing: str):
-    """A ``datasets.Dataset``: from the hub (``source == "hub"``; ``hub`` = id, config, split) or from the jsonl file
-    ``<source>/<rel>`` of a local directory (a missing file raises ``missing.format(path=...)``)."""
+def read_dataset(source: str | Path, hub: tuple[str, str | None, str], rel: str, missing: str, revision: str = ""):
+    """A ``datasets.Dataset``: from the hub (``source == "hub"``; ``hub`` = id, config, split; at ``revision``, a
+    commit, tag or branch, when one is given, else the default branch) or from the jsonl file ``<source>/<rel>`` of a
+    local directory (a missing file raises ``missing.format(path=...)``; ``revision`` does not apply)."""
     if str(source) == "hub":
         args, kwargs = hub[:2], {"split": hub[2]}
+        if revision:
+            kwargs["revision"] = revision
     else:
         path = Path(source) / rel
         if not path.exists():
@@ -280,13 +294,14 @@ def _problem_key(problem: str) -> str:
     return " ".join(problem.split())
 
 
-def load_train_source(name: str, source: str | Path) -> list[dict]:
+def load_train_source(name: str, source: str | Path, revision: str = "") -> list[dict]:
     """Normalized records of training set ``name`` from ``source`` (``"hub"`` or a local directory laid out as
-    ``<dir>/<TrainSource.file>``), in file order, each problem once; ids are ``<name>-<raw row index>``."""
+    ``<dir>/<TrainSource.file>``), in file order, each problem once; ids are ``<name>-<raw row index>``. From the
+    hub, ``revision`` (``data.revisions.<name>``) pins the snapshot; empty: the default branch."""
     src = TRAIN_SOURCES.get(name)
     layout = ", ".join(f"{s.file} ({s.name})" for s in TRAIN_SOURCES.values())
     rows = read_dataset(source, src.hub, src.file,
-                        f"{name}: {{path}} not found; data.source is 'hub' or a directory with {layout}")
+                        f"{name}: {{path}} not found; data.source is 'hub' or a directory with {layout}", revision)
     out, seen = [], set()
     for i, row in enumerate(rows):
         parsed = src.parse(row)
@@ -298,12 +313,13 @@ def load_train_source(name: str, source: str | Path) -> list[dict]:
 
 
 def math_train_rows(cfg: DataConfig) -> dict[str, list[dict]]:
-    """The ``rl`` and ``eval`` splits of task ``math``: every set in ``cfg.sources`` read from ``cfg.source``,
-    each problem once across sets (first set wins), shuffled with ``cfg.seed``; ``cfg.n_eval`` held-out rows
-    (the in-training curve set), then up to ``cfg.n_rl`` RL rows (0 = all the rest)."""
+    """The ``rl`` and ``eval`` splits of task ``math``: every set in ``cfg.sources`` read from ``cfg.source`` (from
+    the hub at ``cfg.revisions[name]`` where one is given), each problem once across sets (first set wins), shuffled
+    with ``cfg.seed``; ``cfg.n_eval`` held-out rows (the in-training curve set), then up to ``cfg.n_rl`` RL rows
+    (0 = all the rest)."""
     pool, seen = [], set()
     for name in cfg.sources:
-        for r in load_train_source(name, cfg.source):
+        for r in load_train_source(name, cfg.source, cfg.revisions.get(name, "")):
             if (key := _problem_key(r["problem"])) not in seen:
                 seen.add(key)
                 pool.append(r)
@@ -344,10 +360,24 @@ def main(argv: list[str] | None = None) -> None:
                     help="'hub' (download by the hub ids of HUB_SOURCES) or a local directory with the raw sets")
     ap.add_argument("--dest", default="data")
     ap.add_argument("--dvc-file", default="data.dvc")
+    ap.add_argument("--revision", action="append", default=[], metavar="HUB_ID=REV",
+                    help="with --source hub: read hub id HUB_ID at revision REV (a commit, tag or branch); repeatable")
     args = ap.parse_args(argv)
+    revisions = {}
+    for item in args.revision:
+        hub_id, sep, rev = item.partition("=")
+        if not (sep and hub_id and rev):
+            ap.error(f"--revision {item!r}: expected HUB_ID=REV, e.g. openai/gsm8k=e53f048")
+        revisions[hub_id] = rev
+    if revisions and args.source != "hub":
+        ap.error("--revision: only with --source hub")
+    try:
+        _check_hub_revisions(revisions)
+    except ValueError as e:
+        ap.error(f"--revision: {e}")
     if args.source == "hub":
         with tempfile.TemporaryDirectory(prefix="entropy_rl_hub_") as tmp:
-            export_from_hub(tmp)
+            export_from_hub(tmp, revisions=revisions)
             files = fetch_raw(tmp, args.dest, args.dvc_file)
     else:
         files = fetch_raw(args.source, args.dest, args.dvc_file)

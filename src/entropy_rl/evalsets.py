@@ -98,16 +98,18 @@ def normalize_row(bench: Benchmark, row: dict, index: int) -> dict:
     return {"id": f"{bench.name}-{index:04d}", "problem": problem, "answer": answer, "source": bench.name}
 
 
-def load_rows(bench: Benchmark, source: str | Path):
-    """The raw rows of ``bench`` as a ``datasets.Dataset``, from the hub (``source="hub"``) or a local directory."""
+def load_rows(bench: Benchmark, source: str | Path, revision: str = ""):
+    """The raw rows of ``bench`` as a ``datasets.Dataset``, from the hub (``source="hub"``, at ``revision`` when one
+    is given, else the default branch) or a local directory."""
     return read_dataset(source, bench.hub, bench.file,
-                        f"{bench.name}: {{path}} not found (source {source}: run `make data`, or 'hub')")
+                        f"{bench.name}: {{path}} not found (source {source}: run `make data`, or 'hub')", revision)
 
 
-def load_benchmark(name: str, source: str | Path, limit: int | None = None) -> list[dict]:
-    """Normalized records of benchmark ``name`` from ``source`` (``"hub"`` or a directory); the first ``limit``."""
+def load_benchmark(name: str, source: str | Path, limit: int | None = None, revision: str = "") -> list[dict]:
+    """Normalized records of benchmark ``name`` from ``source`` (``"hub"`` or a directory); the first ``limit``.
+    From the hub, ``revision`` (``eval.revisions.<name>``: a commit, tag or branch) pins the snapshot."""
     bench = get_benchmark(name)
-    rows = load_rows(bench, source)
+    rows = load_rows(bench, source, revision)
     n = len(rows) if not limit else min(limit, len(rows))
     return [normalize_row(bench, rows[i], i) for i in range(n)]
 

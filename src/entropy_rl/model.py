@@ -60,30 +60,74 @@ BASE_POINTER = "entropy_rl_base.json"
 """a starting-policy directory that holds this file names a pretrained model instead of holding its weights"""
 
 
-def write_base_pointer(path: str | Path, source: str) -> Path:
+def is_hub_id(source: str | Path) -> bool:
+    """Whether ``from_pretrained(source)`` reads the hub: not ``tiny`` and not a local path."""
+    return str(source) != "tiny" and not Path(source).exists()
+
+
+def write_base_pointer(path: str | Path, source: str, revision: str = "") -> Path:
     """Make ``path`` a *pointer* to the pretrained model ``source`` (a hub id or a local directory): the starting
-    policy of a profile that has no warm start (``sft.steps: 0``), without a multi-GB copy of its weights."""
+    policy of a profile that has no warm start (``sft.steps: 0``), without a multi-GB copy of its weights.
+
+    ``revision`` (``model.revision``: a commit, tag or branch) travels with the pointer when ``source`` is a hub id,
+    so that everything loading the starting policy (RL, evaluation) loads the same snapshot; a local ``source`` and
+    an empty revision write ``{"source": ...}`` alone."""
+    pointer = {"source": source}
+    if revision and is_hub_id(source):
+        pointer["revision"] = revision
     with atomic_dir(path) as tmp:
-        (Path(tmp) / BASE_POINTER).write_text(json.dumps({"source": source}, indent=2) + "\n")
+        (Path(tmp) / BASE_POINTER).write_text(json.dumps(pointer, indent=2) + "\n")
     return Path(path)
+
+
+def _read_pointer(path: str | Path) -> dict | None:
+    pointer = Path(path) / BASE_POINTER
+    if not pointer.is_file():
+        return None
+    data = json.loads(pointer.read_text())
+    source, revision = data.get("source"), data.get("revision", "")
+    if not isinstance(source, str) or not source or not isinstance(revision, str):
+        raise ValueError(f"{pointer}: expected {{\"source\": \"<hub id or directory>\"}} and an optional "
+                         f"{{\"revision\": \"<commit, tag or branch>\"}}")
+    return {"source": source, "revision": revision}
 
 
 def resolve_source(path: str | Path) -> str:
     """What ``from_pretrained`` should load for a starting-policy directory: the source a pointer names, else the
     path itself (a directory in Hugging Face format, or a hub id)."""
-    import json
-
-    pointer = Path(path) / BASE_POINTER
-    if pointer.is_file():
-        source = json.loads(pointer.read_text()).get("source")
-        if not isinstance(source, str) or not source:
-            raise ValueError(f"{pointer}: expected {{\"source\": \"<hub id or directory>\"}}")
-        return source
-    return str(path)
+    pointer = _read_pointer(path)
+    return pointer["source"] if pointer else str(path)
 
 
-def load_tokenizer(path: str | Path):
-    tok = AutoTokenizer.from_pretrained(resolve_source(path))
+def resolve_revision(path: str | Path, cfg: ModelConfig | None = None) -> str:
+    """The hub revision ``from_pretrained`` should load ``path`` at ("" = none, the default branch): a pointer's own
+    revision (the snapshot its profile's SFT stage named); else ``cfg.revision`` when ``path`` is ``cfg.source``
+    itself and a hub id; else none (a local directory, ``tiny``, another hub id).
+
+    A pointer to ``cfg.source`` at another revision than ``cfg.revision`` raises: the starting policy was made with
+    other settings (rerun the SFT stage) and RL or evaluation would load another snapshot than the profile names."""
+    pointer = _read_pointer(path)
+    if pointer is not None:
+        if not is_hub_id(pointer["source"]):
+            return ""
+        if cfg is not None and pointer["source"] == cfg.source and pointer["revision"] != cfg.revision:
+            raise ValueError(f"{Path(path) / BASE_POINTER}: names {pointer['source']} at revision "
+                             f"{pointer['revision'] or '(default branch)'} but model.revision is "
+                             f"{cfg.revision or '(default branch)'}; rerun the SFT stage (10_sft) to rewrite it")
+        return pointer["revision"]
+    if cfg is not None and str(path) == cfg.source and is_hub_id(path):
+        return cfg.revision
+    return ""
+
+
+def _revision_kwargs(path: str | Path, cfg: ModelConfig | None) -> dict:
+    revision = resolve_revision(path, cfg)
+    return {"revision": revision} if revision else {}
+
+
+def load_tokenizer(path: str | Path, cfg: ModelConfig | None = None):
+    """The tokenizer of a starting-policy directory, a local directory or a hub id (at ``resolve_revision``)."""
+    tok = AutoTokenizer.from_pretrained(resolve_source(path), **_revision_kwargs(path, cfg))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -91,7 +135,8 @@ def load_tokenizer(path: str | Path):
 
 
 def load_base(path: str | Path, cfg: ModelConfig):
-    """Load a causal LM from a local directory or hub id; 4-bit nf4 (double quantization) when configured.
+    """Load a causal LM from a local directory, a hub id (at ``resolve_revision(path, cfg)``) or a starting-policy
+    pointer; 4-bit nf4 (double quantization) when configured.
 
     The LM head is never quantized (bitsandbytes skips ``lm_head``), so token statistics read it in full
     precision.
@@ -107,7 +152,7 @@ def load_base(path: str | Path, cfg: ModelConfig):
         )
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}  # on the GPU (4-bit weights are quantized there)
-    model = AutoModelForCausalLM.from_pretrained(resolve_source(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve_source(path), **_revision_kwargs(path, cfg), **kwargs)
     model.config.use_cache = True
     if cfg.load_in_4bit:
         keep_cpu_4bit_trainable(model)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import load_tokenizer, resolve_source, save_adapter
+from ..model import load_tokenizer, resolve_revision, resolve_source, save_adapter
 from .base import Rollouts, encode_prompts, finish_rollouts
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -39,8 +39,9 @@ def max_lora_rank(r: int) -> int:
     raise ValueError(f"model.lora.r: {r} exceeds vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
-def engine_kwargs(base: str, model_cfg, rollout_cfg, *, seed: int) -> dict:
-    """The ``vllm.LLM`` arguments for a base model and the profile's settings (a pure function, tested on the CPU)."""
+def engine_kwargs(base: str, model_cfg, rollout_cfg, *, seed: int, revision: str = "") -> dict:
+    """The ``vllm.LLM`` arguments for a base model and the profile's settings (a pure function, tested on the CPU);
+    ``revision``: the hub snapshot the trainer loads too (``model.resolve_revision``), so both sample one model."""
     kwargs = dict(
         model=base, tokenizer=base, dtype=model_cfg.compute_dtype, seed=seed,
         enable_lora=True, max_loras=1, max_lora_rank=max_lora_rank(model_cfg.lora.r),
@@ -53,6 +54,8 @@ def engine_kwargs(base: str, model_cfg, rollout_cfg, *, seed: int) -> dict:
         kwargs["max_num_seqs"] = rollout_cfg.max_num_seqs
     if model_cfg.load_in_4bit:
         kwargs["quantization"] = "bitsandbytes"  # in-flight nf4, like the trainer's base
+    if revision:
+        kwargs["revision"] = kwargs["tokenizer_revision"] = revision
     return kwargs
 
 
@@ -65,7 +68,8 @@ class VLLMRollout:
 
         self.tok, self.max_new_tokens, self.temperature, self.batch_size = tokenizer, max_new_tokens, temperature, batch_size
         self.sleep_mode, self.sleeping, self.device = rollout_cfg.sleep_mode, False, device or torch.device("cpu")
-        self.llm = LLM(**engine_kwargs(resolve_source(base_dir), model_cfg, rollout_cfg, seed=seed))
+        self.llm = LLM(**engine_kwargs(resolve_source(base_dir), model_cfg, rollout_cfg, seed=seed,
+                                       revision=resolve_revision(base_dir, model_cfg)))
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="entropy_rl_lora_"))
         self.lora_request, self.version, self.adapter_path = None, None, None
 
