@@ -8,30 +8,37 @@ config (DAPO dynamic sampling, overlong reward shaping) apply to any objective. 
 accumulate gradients over ``rl.micro_batches`` passes.
 A run checkpoints atomically (adapter, optimizer, controller state, log rows, step) every ``checkpoint_every``
 steps and a restarted run resumes from the last checkpoint; every step reseeds from ``(seed, step)``, so a resumed
-run reproduces an uninterrupted one exactly.
+run reproduces an uninterrupted one exactly. A checkpoint is resumed only when everything that shapes the result
+is the same (:func:`run_identity`: the model section, the starting policy's and the data's content, the rl and
+objective settings, the seed and the code), and a run that meets a non-finite loss, gradient norm, controller
+value or metric stops before applying it, naming it (or, with ``rl.nonfinite: skip``, drops that update).
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+import peft
 import torch
+import transformers
 
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from .advantages import get_advantage, mixed_groups, overlong_penalty, solved_fraction
-from .config import RLConfig, config_hash
+from .config import ConfigError, Profile, RLConfig, config_hash
 from .evaluate import evaluate
-from .io import atomic_path
+from .io import content_hash, write_bytes
 from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, init_controller_state,
                          update_controller_state)
 from .policy import frozen_stats, policy_stats
-from .progress import progress
+from .progress import notice, progress
 from .prompts import build_prompt
+from .rewards import score_batch
 from .rollout import HFRollout, Rollouts, tis_weights
 from .token_stats import TokenStats
 
@@ -45,7 +52,9 @@ LOOP_METRICS = {
     "stats/unique_responses": "distinct responses / all responses in the batch",
     "stats/groups_all_correct": "groups whose G rewards are all 1 (zero advantage)",
     "stats/groups_all_wrong": "groups whose G rewards are all 0 (zero advantage)",
-    "stats/grad_norm": "gradient norm before clipping, mean over updates",
+    "stats/grad_norm": "gradient norm before clipping, mean over the applied updates",
+    "stats/skipped_updates": "(`rl.nonfinite: skip`) updates of the step dropped because their loss or gradient norm "
+                             "was not finite",
     "stats/filtered_groups": "(dynamic sampling) groups dropped because their rewards all agreed",
     "stats/gen_batches": "generation batches needed to fill the step (1 without dynamic sampling)",
     "stats/overlong_penalty": "mean DAPO soft overlong penalty added to the rewards (0 when off)",
@@ -87,8 +96,14 @@ class RLRun:
     """controller state (read by objectives, updated by controllers after each step; part of the checkpoint)"""
     sampler: object = None
     """the rollout backend (entropy_rl.rollout.make_sampler); None: Hugging Face `generate` on the policy"""
+    identity: dict = dataclasses.field(default_factory=dict)
+    """what else shapes the result and is part of the resume key: :func:`start_identity` (model section, starting
+    policy, data)"""
 
     def __post_init__(self):
+        if len(self.train_rows) < self.rl.prompts_per_step:
+            raise ConfigError(f"rl.prompts_per_step: {self.rl.prompts_per_step} prompts per step, but the training "
+                              f"set has {len(self.train_rows)}; lower it or raise data.n_rl")
         self.loss_fn = get_objective(self.objective)
         self.adv_fn = get_advantage(self.obj_cfg.advantage)
         if self.sampler is None:
@@ -156,7 +171,8 @@ def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[s
         texts = [build_prompt(p["problem"], run.tokenizer, rl.template) for p in prompts]
         ro = run.sampler.generate(texts, n=G, seed=gen_seed(run.seed, step, k))
         dev = ro.response_mask.device  # the policy's: every per-response tensor of the step lives there
-        rewards = torch.tensor([run.reward_fn(t, p["answer"]) for t, p in zip(ro.texts, (p for p in prompts for _ in range(G)))],
+        # the whole batch at once: a pooled verifier (task `math`) spreads it over its workers
+        rewards = torch.tensor(score_batch(run.reward_fn, ro.texts, [p["answer"] for p in prompts for _ in range(G)]),
                                device=dev)
         all_rewards.append(rewards)
         keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool, device=dev)
@@ -210,7 +226,8 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
 
     # ---- Loss & update: minibatches over the rollout batch ----
     sums: dict[str, float] = defaultdict(float)
-    n_updates, grad_norms = 0, []
+    n_updates, grad_norms, skipped = 0, [], 0
+    total_updates = rl.epochs * rl.minibatches
     gen = torch.Generator().manual_seed(step_seed(run.seed, step))
     B = rewards.numel()
     # the whole rollout batch (complete groups), for objectives that pool statistics over a group (ERPO)
@@ -225,13 +242,21 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
                             seed=step_seed(run.seed, step) * 4099 + n_updates, group_ids=rollout.group_ids[idx],
                             old_entropy=old.entropy[idx], rollout=rollout, rollout_rows=idx,
                             is_weights=None if is_w is None else is_w[idx])
-            metrics, grad_norm = update(run, ro.select(idx), batch, step)
+            where = f"step {step + 1}, update {n_updates + skipped + 1} of {total_updates}"
+            out = update(run, ro.select(idx), batch, where)
+            if out is None:  # rl.nonfinite: skip
+                skipped += 1
+                continue
+            metrics, grad_norm = out
             grad_norms.append(grad_norm)
             for key, v in metrics.items():
                 sums[key] += v
             n_updates += 1
+    if not n_updates:
+        raise NonFiniteError(f"step {step + 1}: all {total_updates} updates had a non-finite loss or gradient norm "
+                             f"and were skipped (rl.nonfinite: skip); {_ADVICE}")
 
-    # ---- Log: step-level values are means over all updates of the step ----
+    # ---- Log: step-level values are means over the applied updates of the step ----
     row = {"step": step + 1}
     row.update({k: v / n_updates for k, v in sorted(sums.items())})
     mask = ro.response_mask.float()
@@ -245,20 +270,59 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
         "stats/overlong_penalty": penalty.mean().item(),
         "stats/grad_norm": sum(grad_norms) / len(grad_norms),
     })
+    if rl.nonfinite == "skip":
+        row["stats/skipped_updates"] = float(skipped)
+        if skipped:
+            notice(f"[nonfinite] step {step + 1}: skipped {skipped} of {total_updates} updates (non-finite loss or "
+                   "gradient norm)")
+    bad = first_nonfinite(row)
+    if bad:
+        raise NonFiniteError(f"step {step + 1}: the logged metric {bad[0]} is {bad[1]}; the last checkpoint is kept; "
+                             f"{_ADVICE}")
     # ---- Controllers: new values from this step's row, applied from the next step ----
     new_state = update_controller_state(run.objective, run.state, run.obj_cfg, row)
+    bad = first_nonfinite(new_state)
+    if bad:
+        raise NonFiniteError(f"step {step + 1}: the controller of {run.objective} set {bad[0]} to {bad[1]}; the "
+                             f"last checkpoint is kept; {_ADVICE}")
     run.state.clear()
     run.state.update(new_state)
     return row
 
 
-def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[str, float], float]:
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss, gradient norm, controller value or metric; the message names the first one and its step
+    (1-based, as in the log)."""
+
+
+_ADVICE = ("lower rl.lr, check the objective's coefficients, or set rl.nonfinite: skip to drop such updates as "
+           "verl does")
+
+
+def first_nonfinite(values: dict) -> tuple[str, float] | None:
+    """The first ``(key, value)`` of ``values`` whose number is NaN or infinite (non-numbers are skipped)."""
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+            return k, v
+    return None
+
+
+def _nonfinite_tensor(name: str, t: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[str, float] | None:
+    vals = t.detach()[mask.bool()] if mask is not None else t.detach().reshape(-1)
+    bad = vals[~torch.isfinite(vals)]
+    return (name, float(bad[0])) if bad.numel() else None
+
+
+def update(run: RLRun, mb: Rollouts, batch: RLBatch, where: str = "") -> tuple[dict[str, float], float] | None:
     """One optimizer update on a mini-batch, accumulating gradients over ``rl.micro_batches`` passes.
 
     Each pass's loss is weighted by its share of the aggregation's denominator, so the accumulated gradient equals
     the mini-batch's (global counts). For ``stat_scope: minibatch`` objectives a no-grad pass of the current policy
     over the mini-batch gives each micro-batch the mini-batch's statistics (``RLBatch.scope``).
-    Returns the metrics (weighted like the loss) and the gradient norm before clipping.
+    Returns the metrics (weighted like the loss) and the gradient norm before clipping. A non-finite token
+    statistic, loss, metric or gradient norm applies no optimizer step: with ``rl.nonfinite: stop`` it raises
+    :class:`NonFiniteError` naming the first such quantity (``where``: its step and update), with ``skip`` the
+    gradients are dropped and None is returned.
     """
     rl, cfg, n_micro = run.rl, run.obj_cfg, run.rl.micro_batches
     params = [p for p in run.policy.parameters() if p.requires_grad]
@@ -284,15 +348,30 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, step: int) -> tuple[dict[st
         stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=cfg.needs().top_p)
         stats = logprob_precision(stats, cfg.logprob_dtype)
         loss, m = run.loss_fn(micro, stats, cfg, run.state)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: non-finite loss {loss.item()} ({run.objective})")
+        bad = (_nonfinite_tensor("the token log-probs", stats.logp, micro.mask)
+               or _nonfinite_tensor("the token entropies", stats.entropy, micro.mask)
+               or _nonfinite_tensor(f"the loss of {run.objective}", loss)
+               or first_nonfinite({f"its metric {k}": float(v) for k, v in m.items()}))
+        if bad:
+            return _reject(run, where, *bad)
         (loss * weight if weight != 1.0 else loss).backward()
         for k, v in m.items():
             metrics[k] += weight * float(v)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
+    if not math.isfinite(grad_norm):
+        return _reject(run, where, "the gradient norm", grad_norm)
     run.optimizer.step()
     run.version += 1
     return dict(metrics), grad_norm
+
+
+def _reject(run: RLRun, where: str, what: str, value: float) -> None:
+    """A non-finite quantity in an update: drop its gradients, then stop (raise) or skip (None)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.rl.nonfinite == "skip":
+        return None
+    raise NonFiniteError(f"{where}: {what} is {value}, so this update was not applied and the last checkpoint is "
+                         f"kept; {_ADVICE}")
 
 
 def use_tis(mode: str, ro: Rollouts) -> bool:
@@ -334,39 +413,102 @@ def heldout_eval(run: RLRun, step: int, n: int = 4) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------------
+MEMORY_ONLY = {"rl": ("forward_batch_size", "checkpoint_every"),
+               "rl.rollout": ("gpu_memory_utilization", "sleep_mode"),
+               "model": ("gradient_checkpointing",)}
+"""settings that set memory or bookkeeping, not results (up to float rounding): a checkpoint made with other values
+of these is resumed"""
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def start_identity(profile: Profile, sft_dir: str | Path, data_files: list[str | Path]) -> dict:
+    """The part of a run's identity that the loop cannot see: the model section (without memory-only settings), the
+    task, and the content of the starting policy and of the data files."""
+    model = {k: v for k, v in dataclasses.asdict(profile.model).items() if k not in MEMORY_ONLY["model"]}
+    return {"model": model, "task": profile.data.task, "sft_start": content_hash(sft_dir),
+            "data": content_hash(*data_files)}
+
+
+def code_version() -> dict:
+    """The package's source (every ``.py`` file) and the libraries that compute the result."""
+    return {"package": content_hash(_PACKAGE, pattern="*.py"), "torch": str(torch.__version__),
+            "transformers": str(transformers.__version__), "peft": str(peft.__version__)}
+
+
+def run_identity(run: RLRun) -> dict:
+    """Everything that determines the run's result, and nothing that does not (``MEMORY_ONLY``): a checkpoint is
+    resumed only when its identity equals this. Extending a run's steps may resume it, unless a schedule of the
+    objective depends on the total."""
+    rl = dataclasses.asdict(run.rl if run.obj_cfg.uses_total_steps else dataclasses.replace(run.rl, steps=1))
+    for k in MEMORY_ONLY["rl"]:
+        rl.pop(k)
+    for k in MEMORY_ONLY["rl.rollout"]:
+        rl["rollout"].pop(k)
+    return {"rl": rl, "objective": run.objective, "objective_cfg": dataclasses.asdict(run.obj_cfg), "seed": run.seed,
+            **run.identity, "code": code_version()}
+
+
 def _resume_key(run: RLRun) -> str:
-    # extending a run's steps may resume it, unless a schedule of the objective depends on the total
-    rl = run.rl if run.obj_cfg.uses_total_steps else dataclasses.replace(run.rl, steps=1)
-    return config_hash({"rl": dataclasses.asdict(rl), "obj": dataclasses.asdict(run.obj_cfg),
-                        "objective": run.objective, "seed": run.seed})
+    return config_hash(run_identity(run))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
+    """What differs between two run identities, one ``key: old -> new`` line each (at most ``limit``)."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(set(a) | set(b), key=lambda k: (k.startswith("code."), k))
+    lines = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in keys if a.get(k) != b.get(k)]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 def save_checkpoint(path: str | Path, run: RLRun, step: int, log: list[dict], evals: list[dict]) -> None:
+    """Write the checkpoint atomically: serialized in memory first, so a full disk fails with the path
+    (io.DiskFullError) and leaves the previous checkpoint as it was."""
+    identity = run_identity(run)
     payload = {
-        "step": step, "key": _resume_key(run), "log": log, "evals": evals, "state": run.state,
-        "adapter": get_peft_model_state_dict(run.policy), "optimizer": run.optimizer.state_dict(),
+        "step": step, "key": config_hash(identity), "identity": identity, "log": log, "evals": evals,
+        "state": run.state, "adapter": get_peft_model_state_dict(run.policy), "optimizer": run.optimizer.state_dict(),
         "version": run.version,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, run: RLRun) -> tuple[int, list[dict], list[dict]] | None:
-    """Restore ``run`` from ``path``; None when there is none or it belongs to other settings."""
+    """Restore ``run`` from ``path``; None (and a notice that says why) when there is none, it cannot be read, or it
+    belongs to another run identity (:func:`run_identity`)."""
     path = Path(path)
     if not path.exists():
         return None
-    payload = torch.load(path, weights_only=False)
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start afresh, and say why
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [""]
+        why = next((x for x in lines if "error:" in x), lines[0])[:160]  # torch puts the cause on an inner line
+        notice(f"[resume] {path} cannot be read ({type(e).__name__}: {why}): starting afresh")
+        return None
     if payload.get("key") != _resume_key(run):
-        print(f"[resume] {path} was made with other settings: starting afresh")
+        changes = identity_changes(payload.get("identity") or {}, run_identity(run)) if "identity" in payload else [
+            "made by an older version of entropy-rl (no run identity)"]
+        notice(f"[resume] {path} was made with other settings, so this run starts afresh:\n  " + "\n  ".join(changes))
         return None
     set_peft_model_state_dict(run.policy, payload["adapter"])
     run.optimizer.load_state_dict(payload["optimizer"])
     # the restored adapter is a new policy state for the sampler: it must not count as the fresh adapter's version 0
-    run.version = payload.get("version", payload["step"] * run.rl.minibatches * run.rl.epochs)
+    run.version = payload["version"]
     run.state.clear()
     run.state.update(payload["state"])
-    print(f"[resume] continuing from step {payload['step']} ({path})")
+    notice(f"[resume] continuing from step {payload['step']} ({path})")
     return payload["step"], payload["log"], payload["evals"]
 
 
@@ -382,8 +524,6 @@ def train_rl(run: RLRun, checkpoint: str | Path | None = None) -> tuple[list[dic
     bar = progress(range(start, run.rl.steps), desc=f"RL {run.objective}", initial=start, total=run.rl.steps)
     for step in bar:
         row = rl_step(run, step)
-        if not all(math.isfinite(v) for v in row.values()):
-            raise FloatingPointError(f"step {step + 1}: non-finite metrics {row}")
         log.append(row)
         done = step + 1
         if done % run.rl.eval_every == 0 or done == run.rl.steps:
