@@ -28,12 +28,14 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-* && touch $@
 
 repro: venv
+	@$(BIN)/python -m entropy_rl.preflight params.yaml
 	$(BIN)/dvc repro
 	@$(BIN)/python -m entropy_rl.report summary
 
 # The tiny-seeds study (studies/dvc.yaml): 3 seeds of every method, ablations, the papers' claims (45 runs; the
 # previous layout's 37 runs took 85 min on 2 cores).
 study: venv
+	@$(BIN)/python -m entropy_rl.preflight params.yaml
 	$(BIN)/dvc repro studies/dvc.yaml
 	@cat reports/tiny-seeds/results.md
 

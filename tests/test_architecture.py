@@ -23,7 +23,7 @@ LAYERS = [
     {"token_stats", "agg", "advantages", "controllers", "metrics", "objectives"},          # tensors and maths
     {"model", "rollout", "policy", "rewards", "prompts", "data", "evalsets"},              # model, sampling, tasks
     {"rl", "sft", "evaluate", "report", "plots", "glossary"},                              # loop, evaluation, reports
-    {"notebooks", "depgraph", "integrations"},                                             # runners, tooling, plug-ins
+    {"notebooks", "stage", "depgraph", "integrations", "preflight"},                       # runners, tooling, plug-ins
 ]
 
 
@@ -62,7 +62,8 @@ def test_config_imports_nothing_of_the_package_and_objectives_stay_pure():
             assert not targets & {"rl", "rollout", "model", "policy", "evaluate"}, module
         if module == "entropy_rl.token_stats":
             assert "objectives" not in targets
-        assert "notebooks" not in targets or module.startswith("entropy_rl.integrations"), module
+        # the notebook helpers serve notebooks, the stage command (which runs them) and the plug-ins' examples
+        assert "notebooks" not in targets or module.startswith(("entropy_rl.integrations", "entropy_rl.stage")), module
 
 
 def test_the_graph_sees_relative_and_submodule_imports(tmp_path):

@@ -100,6 +100,7 @@ def test_all_notebooks_run_and_write_sane_outputs(tmp_path, monkeypatch):
     executed = json.loads((run_dir / "20_rl.ipynb").read_text())
     assert "start_time" not in executed["metadata"]["papermill"]
     assert not list(run_dir.glob("**/*.failed.ipynb")) and not list(run_dir.glob("**/.*running*"))
+    assert not (tmp_path / "failed").exists() and not list((tmp_path / ".running").rglob("*.ipynb"))
 
     # The same stages in another directory give byte-identical outputs (what keeps dvc.lock stable).
     other = smoke_root(tmp_path.parent / "b")
@@ -119,7 +120,8 @@ def test_failing_notebook_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="unknown key 'profiles.tiny.data.n_evl'"):
         run(ROOT / "notebooks" / "00_data.ipynb", "runs/tiny/00_data.ipynb", {"profile": "tiny", "out_dir": "runs/tiny/data"})
     assert not (tmp_path / "runs/tiny/00_data.ipynb").exists() and not (tmp_path / "runs/tiny/data").exists()
-    assert (tmp_path / "runs/tiny/00_data.failed.ipynb").exists()
+    assert json.loads((tmp_path / "failed/runs/tiny/00_data.ipynb").read_text())["cells"]  # kept, outside runs/
+    assert not list((tmp_path / "runs").rglob("*.ipynb")) and not list((tmp_path / ".running").rglob("*.ipynb"))
 
 
 def test_scrub_joins_streams_split_by_timing(tmp_path):

@@ -1,25 +1,32 @@
 """Notebook helpers: find the repository root, save directories atomically, run and clean notebooks.
 
-* ``run``: execute a notebook with papermill into a temporary file, scrub it, then move it into place, so a
-  killed stage never leaves a half-executed notebook behind. Progress bars go to the terminal
-  (``ENTROPY_RL_PROGRESS=terminal``), not into the executed notebook.
+* ``run``: execute a notebook with papermill into a temporary file, scrub it, then move it into place,
+  so a killed stage never leaves a half-executed notebook behind. The temporary file lives under ``.running/`` and
+  a failed notebook is kept under ``failed/`` (both at the repository root, mirroring the output's path), so
+  neither makes a stage that depends on ``runs/<profile>`` stale; a failed notebook is always valid JSON (on a full
+  disk: a one-cell note that says so); a failing cell raises :class:`NotebookFailed`. Progress bars go to the
+  terminal (``ENTROPY_RL_PROGRESS=terminal``), not into the executed notebook.
 * ``strip``: remove outputs and execution counts from source notebooks (they are committed clean).
 * ``scrub``: remove the timing metadata that papermill writes into an executed notebook, so that an
   unchanged run produces a byte-identical output (and a second ``dvc repro`` changes nothing).
 
-    python -m entropy_rl.notebooks run notebooks/00_data.ipynb runs/tiny/00_data.ipynb -p profile tiny
+The stage command around ``run`` (validate params.yaml first, short banners on failure) is :mod:`.stage`.
+
     python -m entropy_rl.notebooks strip notebooks/*.ipynb
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
 
+import nbformat
+
+from .io import atomic_dir, disk_full_error, is_disk_full, remove_stale, write_text  # noqa: F401  (atomic_dir: notebooks)
 from .progress import quiet_libraries
-from .io import atomic_dir, write_text  # noqa: F401  (atomic_dir: for the notebooks)
 
 _TIMING_KEYS = ("start_time", "end_time", "duration", "exception")
 
@@ -95,31 +102,76 @@ def scrub(path: str | Path) -> list[str]:
     return removed
 
 
-def parse_value(text: str):
-    """A papermill ``-p`` value: YAML scalars (``3``, ``0.5``, ``true``), ``None``, or a plain string."""
-    import yaml
+class NotebookFailed(RuntimeError):
+    """A notebook raised: which cell, the error, and where the executed notebook (with the traceback) was kept."""
 
-    if text == "None":
-        return None
+    def __init__(self, notebook: str, cell: int | None, ename: str, evalue: str, kept: Path | None):
+        self.notebook, self.cell, self.ename, self.evalue, self.kept = notebook, cell, ename, evalue, kept
+        super().__init__(f"{notebook} failed in cell {cell}: {ename}: {evalue}")
+
+
+def scratch_paths(output: Path) -> tuple[Path, Path]:
+    """``(running, failed)``: the temporary file a notebook executes into, and where it is kept if it fails.
+
+    Under the repository root they mirror the output's path below ``.running/`` and ``failed/``; elsewhere they sit
+    beside the output."""
+    root = find_root()
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        rel = output.resolve().relative_to(root)
+        running_dir, failed = root / ".running" / rel.parent, root / "failed" / rel
+    except ValueError:
+        running_dir, failed = output.parent, output.with_name(f"{output.stem}.failed.ipynb")
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return running_dir / f".{output.stem}.running-{tag}.ipynb", failed
+
+
+def _clean_leftovers(output: Path, running: Path) -> None:
+    """Remove what killed runs of this notebook left: their temporary files (writer gone), and the temporary files
+    of versions that wrote them beside the output."""
+    stem = re.escape(output.stem)
+    remove_stale(running.parent, rf"\.{stem}\.running-(?P<pid>\d+)-[0-9a-f]{{8}}\.ipynb")
+    for old in output.parent.glob(f".{output.stem}.running-*.ipynb"):
+        if re.fullmatch(rf"\.{stem}\.running-[0-9a-f]{{8}}\.ipynb", old.name):  # no writer id: before 2026-12
+            old.unlink(missing_ok=True)
+
+
+def _keep_failed(tmp: Path, failed: Path, notebook: str, error: BaseException | None) -> Path | None:
+    """Move the executed notebook to ``failed``; if it is not valid JSON (a full disk cut it short), write a one-cell
+    notebook that says what happened instead. Returns where it was kept (None if nothing could be written)."""
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        json.loads(tmp.read_text())
+        tmp.replace(failed)
+        return failed
+    except (ValueError, OSError):
+        tmp.unlink(missing_ok=True)
+    note = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        f"**{notebook} failed**, and its executed copy could not be written in full "
+        f"({type(error).__name__ if error else 'unknown error'}: {str(error)[:300]}).")])
+    try:
+        write_text(failed, nbformat.writes(note) + "\n")
+        return failed
+    except OSError:
+        return None
 
 
 def run(notebook: str | Path, output: str | Path, parameters: dict) -> Path:
-    """Execute ``notebook`` with papermill into ``output`` atomically (see module docstring)."""
-    import papermill
-
+    """Execute ``notebook`` with papermill into ``output`` atomically (see module docstring); raises
+    :class:`NotebookFailed` when a cell raises."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.running-{uuid.uuid4().hex[:8]}.ipynb")
+    tmp, failed = scratch_paths(output)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(output, tmp)
     os.environ.setdefault("ENTROPY_RL_PROGRESS", "terminal")
     # tqdm.auto (imported by the hub libraries) warns once per kernel that ipywidgets is missing: our bars go to
     # the terminal, so the warning is noise on every stage
     quiet = "ignore:IProgress not found"
     if quiet not in os.environ.get("PYTHONWARNINGS", ""):
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+    import papermill  # here, not at the top: the notebooks import this module, and need not load papermill
+    from papermill.exceptions import PapermillExecutionError
+
     try:
         # capture_fd_output=False: what the kernel writes to its file descriptor 2 (our progress bars) reaches
         # this terminal live instead of the notebook. log_level=ERROR: the kernel's start-up notice that it talks
@@ -131,25 +183,25 @@ def run(notebook: str | Path, output: str | Path, parameters: dict) -> Path:
         for text in scrub(tmp):
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
         tmp.replace(output)
-    finally:
+        failed.unlink(missing_ok=True)  # an earlier failure of this notebook is history now
+        output.with_name(f"{output.stem}.failed.ipynb").unlink(missing_ok=True)  # where versions before 2026-12 kept it
+    except PapermillExecutionError as e:
+        kept = _keep_failed(tmp, failed, str(notebook), e)
+        raise NotebookFailed(str(notebook), e.exec_count, e.ename, e.evalue, kept) from None
+    except BaseException as e:
         if tmp.exists():
-            failed = output.with_name(f"{output.stem}.failed.ipynb")  # kept for reading, never an output
-            tmp.replace(failed)
-            print(f"notebook failed: read {failed}", file=sys.stderr)
+            _keep_failed(tmp, failed, str(notebook), e)
+        if is_disk_full(e):
+            raise disk_full_error(tmp, e) from e
+        raise
+    finally:
+        if tmp.exists():  # never left behind
+            tmp.unlink()
     return output
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["run"] and len(argv) >= 3:
-        params, rest = {}, argv[3:]
-        if len(rest) % 3 or any(flag != "-p" for flag in rest[::3]):
-            print("usage: run NOTEBOOK OUTPUT [-p NAME VALUE]...", file=sys.stderr)
-            return 2
-        for _, name, value in zip(rest[::3], rest[1::3], rest[2::3]):
-            params[name] = parse_value(value)
-        run(argv[1], argv[2], params)
-        return 0
     if len(argv) < 2 or argv[0] not in ("strip", "scrub"):
         print(__doc__, file=sys.stderr)
         return 2
