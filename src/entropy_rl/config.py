@@ -744,6 +744,19 @@ def no_profiles_error(path: Any) -> ConfigError:
                        f"`extends` states each of {', '.join(SECTIONS)}; `{{}}` = the defaults)")
 
 
+def _mapping_entry(value: Any, where: str, expected: str) -> dict:
+    """A copy of the params.yaml entry ``value`` at ``where``: a mapping with string keys (empty: ``{}``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r:.80}")
+    for k in value:
+        if not isinstance(k, str):
+            hint = f" ({_YAML_BOOL_HINT})" if isinstance(k, bool) else ""
+            raise ConfigError(f"{where}: keys must be strings, got {k!r}{hint}")
+    return dict(value)
+
+
 def _raw_profile(params: dict, name: str, seen: tuple[str, ...] = (), path: Any = "params.yaml") -> dict:
     every = {**(params.get("more_profiles") or {}), **(params.get("profiles") or {})}
     if not every:
@@ -753,15 +766,7 @@ def _raw_profile(params: dict, name: str, seen: tuple[str, ...] = (), path: Any 
     where = profile_key(params, name)
     if name in seen:
         raise ConfigError(f"{where}.extends: cycle {' -> '.join(seen + (name,))}")
-    raw = every[name]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(sorted(_PROFILE_KEYS))}, got {raw!r:.80}")
-    raw = dict(raw)
-    for k in raw:
-        if not isinstance(k, str):
-            raise ConfigError(f"{where}: keys must be strings, got {k!r}")
+    raw = _mapping_entry(every[name], where, f"a mapping with keys {', '.join(sorted(_PROFILE_KEYS))}")
     unknown = sorted(set(raw) - _PROFILE_KEYS)
     if unknown:
         raise ConfigError(f"unknown key '{where}.{unknown[0]}'; valid keys: {', '.join(sorted(_PROFILE_KEYS))}")
@@ -837,16 +842,7 @@ def resolve_objective(path: str | Path, objective: str) -> tuple[str, dict]:
     if objective not in objectives:
         raise ConfigError(f"unknown objective '{objective}' in {path}; objectives with settings: "
                           f"{', '.join(sorted(objectives))}")
-    entry = objectives[objective]
-    if entry is None:
-        entry = {}
-    if not isinstance(entry, dict):
-        raise ConfigError(f"objectives.{objective}: expected a mapping of settings, got {entry!r:.80}")
-    entry = dict(entry)
-    for k in entry:
-        if not isinstance(k, str):
-            hint = f" ({_YAML_BOOL_HINT})" if isinstance(k, bool) else ""
-            raise ConfigError(f"objectives.{objective}: keys must be strings, got {k!r}{hint}")
+    entry = _mapping_entry(objectives[objective], f"objectives.{objective}", "a mapping of settings")
     method = entry.pop("method", objective)
     if not isinstance(method, str):
         raise ConfigError(f"objectives.{objective}.method: expected the name of a registry objective, got {method!r}")
