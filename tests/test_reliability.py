@@ -38,7 +38,7 @@ from entropy_rl.io import DiskFullError, write_bytes, write_jsonl
 from entropy_rl.model import load_policy, load_tokenizer
 from entropy_rl.objectives import make_objective_config
 from entropy_rl.rl import (NonFiniteError, RLRun, load_checkpoint, run_identity, save_checkpoint, start_identity,
-                           train_rl)
+                           train_rl, without_timings)
 
 from conftest import ROOT
 
@@ -151,6 +151,7 @@ def test_the_stale_alpha_case_retrains_to_what_a_fresh_run_gives(checkpoint, sta
     cfg = with_lora(small_model_cfg, alpha=16)
     log_stale, _ = train_rl(make_run(start, cfg), stale)
     log_fresh, _ = train_rl(make_run(start, cfg), tmp_path / "fresh.pt")
+    log_stale, log_fresh, log_alpha8 = map(without_timings, (log_stale, log_fresh, log_alpha8))
     assert log_stale == log_fresh and log_stale != log_alpha8
 
 
@@ -159,7 +160,8 @@ def test_a_memory_only_setting_resumes_the_checkpoint(checkpoint, start, small_m
     for over in ({"forward_batch_size": 3}, {"checkpoint_every": 5}):
         run = make_run(start, dataclasses.replace(small_model_cfg, gradient_checkpointing=True), rl_over=over)
         restored = load_checkpoint(path, run)
-        assert restored is not None and restored[0] == 2 and restored[1] == log, over
+        assert restored is not None and restored[0] == 2, over
+        assert without_timings(restored[1]) == without_timings(log), over
         assert "continuing from step 2" in capsys.readouterr().out
     assert set(rl.MEMORY_ONLY["rl"]) == {"forward_batch_size", "checkpoint_every"}
 
@@ -255,9 +257,9 @@ def test_skip_drops_the_bad_update_and_counts_it(start, small_model_cfg, tmp_pat
     log, _ = train_rl(run, tmp_path / "s.pt")
     assert [r["stats/skipped_updates"] for r in log] == [0.0, 1.0, 0.0]
     assert all(math.isfinite(v) for r in log for v in r.values())
-    clean = make_run(start, small_model_cfg, steps=1, rl_over={"nonfinite": "skip"})
+    clean = make_run(start, small_model_cfg, steps=3, rl_over={"nonfinite": "skip"})
     first, _ = train_rl(clean, tmp_path / "clean.pt")
-    assert first[0] == log[0]  # the steps before it are the same as without the fault
+    assert without_timings(first)[0] == without_timings(log)[0]  # the steps before it are the same as without the fault
 
 
 def test_skip_of_every_update_of_a_step_stops(start, small_model_cfg, tmp_path):

@@ -11,7 +11,8 @@ from entropy_rl.config import DataConfig
 from entropy_rl.model import load_policy, load_tokenizer
 from entropy_rl.objectives import make_objective_config
 from entropy_rl.rewards import arithmetic_reward
-from entropy_rl.rl import RLRun, _resume_key, load_checkpoint, rl_step, save_checkpoint, train_rl
+from entropy_rl.rl import (RLRun, _resume_key, load_checkpoint, rl_step, save_checkpoint, train_rl,
+                           without_timings)
 
 RL = dict(prompts_per_step=4, group_size=4, max_new_tokens=8, minibatches=2, eval_every=2, eval_prompts=4,
           checkpoint_every=2, lr=1e-2)
@@ -52,7 +53,7 @@ def test_killed_run_resumes_exactly(tiny_model_dir, small_model_cfg, tmp_path):
     resumed = make_run(tiny_model_dir, small_model_cfg, steps=4)
     log_b, evals_b = train_rl(resumed, tmp_path / "b.pt")
 
-    assert log_a == log_b and evals_a == evals_b
+    assert without_timings(log_a) == without_timings(log_b) and without_timings(evals_a) == without_timings(evals_b)
     a, b = adapter_state(straight), adapter_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -88,7 +89,7 @@ def test_controller_state_resumes_exactly(tiny_model_dir, small_model_cfg, tmp_p
     assert load_checkpoint(tmp_path / "ctrl.pt", resumed)[0] == 2
     assert resumed.state == first.state
     rows_b.append(rl_step(resumed, 2))
-    assert rows_a == rows_b and straight.state == resumed.state
+    assert without_timings(rows_a) == without_timings(rows_b) and straight.state == resumed.state
     a, b = adapter_state(straight), adapter_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -148,7 +149,7 @@ def test_objective_controllers_resume_exactly(tiny_model_dir, small_model_cfg, t
     assert resumed.state != snapshot  # the initial state, before loading
     assert load_checkpoint(tmp_path / "ctrl.pt", resumed)[0] == 1
     assert resumed.state == snapshot
-    assert rl_step(resumed, 1) == row2 and resumed.state == straight.state
+    assert without_timings([rl_step(resumed, 1)]) == without_timings([row2]) and resumed.state == straight.state
     a, b = adapter_state(straight), adapter_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     if want is not None:  # the value applied at each step (the controller acts from the next step)
@@ -177,7 +178,8 @@ def test_erpo_sees_whole_groups_and_bf16_logprobs_reach_the_objective(tiny_model
             assert len(set(batch.group_ids.tolist())) > 1
     bf16 = lambda x: torch.equal(x, x.bfloat16().float())  # noqa: E731
     assert not bf16(seen[0][1]) and not bf16(seen[0][0].old_logp)  # float32 by default
-    assert all(bf16(logp) and bf16(batch.old_logp) and bf16(batch.ref_logp) for batch, logp in seen[2:])
+    assert all(bf16(logp) and bf16(batch.old_logp) for batch, logp in seen[2:])
+    assert all(batch.ref_logp is None for batch, _ in seen[2:])  # DAPO reads no reference log-probs: none computed
 
 
 @pytest.mark.parametrize("objective", sorted(__import__("entropy_rl.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES))

@@ -519,6 +519,10 @@ class SFTConfig:
         check_ranges(self)
 
 
+HF_LOOPS = ["lean", "generate"]
+OLD_STATS = ["auto", "sampler", "recompute"]
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "hf"
@@ -539,6 +543,10 @@ class RolloutConfig:
     """vllm: longest prompt + response the engine plans for (0 = the model's own limit)"""
     max_num_seqs: int = 0
     """vllm: sequences decoded at once (0 = vLLM's default)"""
+    hf_loop: str = "lean"
+    """hf: the sampling loop: `lean` (entropy_rl.rollout.sampling: the tokens `generate` samples, from a preallocated
+    KV cache with finished rows dropped, plus the sampling policy's log-probs and entropies) or `generate` (Hugging
+    Face `generate` itself)"""
 
     SECTION = "rl.rollout"
     RANGES = {"tis_cap": at_least(1, "a weight cap"), "gpu_memory_utilization": within(0, 1, "()"),
@@ -548,6 +556,7 @@ class RolloutConfig:
         check_ranges(self)
         choice("rl.rollout.backend", self.backend, BACKENDS)
         choice("rl.rollout.tis", self.tis, ["auto", "on", "off"])
+        choice("rl.rollout.hf_loop", self.hf_loop, HF_LOOPS)
 
 
 @dataclass(frozen=True)
@@ -593,6 +602,11 @@ class RLConfig:
     """a non-finite loss or gradient norm in an update: `stop` (raise, naming the quantity and step; nothing of that
     update is applied and the last checkpoint is kept) or `skip` (drop that update, as verl does, and count it in
     `stats/skipped_updates`); a non-finite controller value or logged metric always stops"""
+    old_stats: str = "auto"
+    """where pi_old's token log-probs and entropies come from: `recompute` (a no-grad pass of the policy over the
+    rollouts, as verl and TRL do), `sampler` (the sampling pass's own, from a sampler that is the trained module: the
+    hf backend's lean loop), or `auto` (the sampler's when it reports them and the policy computes in float32, where
+    they equal the recomputed ones to float rounding; else recompute)"""
 
     SECTION = "rl"
     RANGES = {**{k: at_least(1) for k in ("steps", "prompts_per_step", "max_new_tokens", "minibatches",
@@ -605,6 +619,7 @@ class RLConfig:
         check_ranges(self)
         choice("rl.optimizer", self.optimizer, OPTIMIZERS)
         choice("rl.nonfinite", self.nonfinite, ["stop", "skip"])
+        choice("rl.old_stats", self.old_stats, OLD_STATS)
         choice("rl.template", self.template, TEMPLATES)
         batch = self.prompts_per_step * self.group_size
         if batch % self.minibatches:

@@ -58,7 +58,8 @@ class Generations:
 
 class HFBackend:
     """Sampling with Hugging Face ``generate`` on ``model``, or with any rollout ``sampler`` given (the RL run's or
-    the ``vllm`` backend's engine); with ``entropy``, entropies from a second, no-grad forward of ``model``."""
+    the ``vllm`` backend's engine); with ``entropy``, entropies from a second, no-grad forward of ``model``, or the
+    sampling pass's own when the sampler reports them for ``model`` itself (the hf lean loop)."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256,
                  entropy: bool = True, sampler=None, stats_batch_size: int = 256):
@@ -71,7 +72,10 @@ class HFBackend:
         ro = self.sampler.generate(list(prompts), n=n, seed=seed, greedy=greedy)
         sums = None
         if self.entropy:
-            ent = frozen_stats(self.model, ro, self.temperature, batch_size=self.stats_batch_size).entropy
+            if ro.sampler_stats is not None and getattr(self.sampler, "model", None) is self.model:
+                ent = ro.sampler_stats.entropy  # the sampling pass's own: the same model at the same temperature
+            else:
+                ent = frozen_stats(self.model, ro, self.temperature, batch_size=self.stats_batch_size).entropy
             sums = (ent * ro.response_mask).sum(-1).tolist()
         return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], sums)
 

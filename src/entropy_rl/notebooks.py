@@ -65,10 +65,18 @@ def strip(path: str | Path) -> bool:
     return changed
 
 
+WALL_CLOCK_TAG = "wall-clock"
+"""the tag of a cell whose output is measured time (it differs from run to run): :func:`scrub` leaves it out"""
+_WALL_CLOCK_NOTE = {"name": "stdout", "output_type": "stream",
+                    "text": ["(wall-clock seconds: left out of the executed copy, which is reproducible; the run wrote "
+                             "them to a file, and an interactive run shows them here)\n"]}
+
+
 def scrub(path: str | Path) -> list[str]:
     """Make an executed notebook reproducible: drop papermill's and Jupyter's timing metadata, number the cell
-    ids, join consecutive stream outputs (their split into messages depends on timing), and take out ``stderr``
-    streams (warnings that carry machine paths, progress remnants with rates).
+    ids, join consecutive stream outputs (their split into messages depends on timing), take out ``stderr``
+    streams (warnings that carry machine paths, progress remnants with rates), and replace the output of cells
+    tagged :data:`WALL_CLOCK_TAG` by a note.
 
     Returns the removed stderr texts, so that the caller can show them in the terminal instead."""
     path = Path(path)
@@ -83,7 +91,9 @@ def scrub(path: str | Path) -> list[str]:
         md.pop("execution", None)
         for k in _TIMING_KEYS:
             md.get("papermill", {}).pop(k, None)
-        if cell.get("cell_type") == "code":
+        if cell.get("cell_type") == "code" and WALL_CLOCK_TAG in md.get("tags", []):
+            cell["outputs"] = [_WALL_CLOCK_NOTE]  # measured seconds: they differ from run to run
+        elif cell.get("cell_type") == "code":
             keep: list[dict] = []
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "stream" and out.get("name") == "stderr":

@@ -1,4 +1,4 @@
-"""Progress bars (tqdm) that show where the user is looking.
+"""Progress bars (tqdm) that show where the user is looking, notices, and the per-phase clock of the RL step.
 
 Under ``dvc repro`` the notebooks run inside papermill kernels; their output is captured into the executed
 notebook, where a progress bar is noise (and makes outputs differ run to run). With
@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from contextlib import contextmanager
+
+import torch
 
 
 def progress(iterable=None, **kwargs):
@@ -40,3 +44,29 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+class PhaseClock:
+    """Wall seconds per named phase, summed over the phase's calls: ``with clock("rollout"): ...``. On a GPU the
+    device is synchronized at both ends of a phase, so that its kernels are counted in it (as verl's
+    ``timing_s/*``)."""
+
+    def __init__(self, device=None):
+        self._sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else None
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        if self._sync:
+            self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                self._sync()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def row(self, prefix: str = "timing_s/") -> dict[str, float]:
+        """The phases as log keys, ``timing_s/<phase>``."""
+        return {f"{prefix}{k}": v for k, v in self.seconds.items()}

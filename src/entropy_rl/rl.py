@@ -19,6 +19,7 @@ import dataclasses
 import io
 import math
 import random
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ from .io import content_hash, write_bytes
 from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, init_controller_state,
                          update_controller_state)
 from .policy import frozen_stats, policy_stats
-from .progress import notice, progress
+from .progress import PhaseClock, notice, progress
 from .prompts import build_prompt
 from .rewards import score_batch
 from .rollout import HFRollout, Rollouts, tis_weights
@@ -46,7 +47,8 @@ LOOP_METRICS = {
     "step": "RL step (one rollout batch and its updates), from 1",
     "reward/mean": "mean verifiable reward of the step's rollouts",
     "stats/entropy_rollout": "full-vocabulary token entropy of the policy that sampled the batch (before its updates)",
-    "stats/kl_ref": "k3 KL of the sampling policy to the reference (the frozen base), token mean",
+    "stats/kl_ref": "k3 KL of the sampling policy to the reference (the frozen base), token mean; logged at the "
+                    "held-out evaluation steps only, unless the objective reads reference log-probs (then every step)",
     "stats/response_length": "mean response length in tokens (including EOS)",
     "stats/truncation_rate": "fraction of responses that hit `max_new_tokens` without EOS",
     "stats/unique_responses": "distinct responses / all responses in the batch",
@@ -63,11 +65,30 @@ LOOP_METRICS = {
     "stats/tis_capped_frac": "share of response tokens whose ratio π_old/π_rollout exceeded the cap C (`rl.rollout.tis_cap`)",
     "stats/kl_rollout": "k3 estimate of KL(π_rollout ‖ π_old) over response tokens: how far the sampler's distribution "
                         "is from the trainer's",
+    "timing_s/rollout": "seconds of the step spent sampling (the sampler's sync and generation, every generation "
+                        "batch of dynamic sampling included)",
+    "timing_s/reward": "seconds spent scoring the responses (the verifier)",
+    "timing_s/old": "seconds spent on pi_old's log-probs and entropies (0 when the sampler reported them: "
+                    "`rl.old_stats`)",
+    "timing_s/ref": "seconds of the no-grad reference pass (only at steps that compute it: see stats/kl_ref)",
+    "timing_s/update": "seconds of the optimizer updates (forward, loss, backward, clipping, step)",
+    "timing_s/controllers": "seconds of the objective's controller update after the step",
+    "timing_s/step": "seconds of the whole step, from sync to the controller update (the phases plus the rest)",
+    "timing_s/heldout": "(held-out rows) seconds of the in-training evaluation",
     "heldout/pass@1": "in-training evaluation on `rl.eval_prompts` held-out prompts, 4 samples each: pass@1",
     "heldout/entropy": "in-training evaluation: token entropy of the held-out samples",
     "heldout/length": "in-training evaluation: mean length of the held-out samples",
 }
 """the glossary of what the loop itself logs (docs/metrics.md is generated from this and the objectives' registrations)"""
+
+
+TIMING_PREFIX = "timing_s/"
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    """Log rows without their ``timing_s/*`` keys: wall-clock seconds differ from run to run, everything else in a
+    row is reproducible (a resumed run equals an uninterrupted one)."""
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIX)} for r in rows]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -130,7 +151,7 @@ def make_optimizer(params, rl: RLConfig) -> torch.optim.Optimizer:
 # ----------------------------------------------------------------------------------------------------------
 def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
     """Stack rollout batches; prompts are left-padded to the widest (position ids follow the attention mask, so
-    extra left padding does not change the model's outputs)."""
+    extra left padding does not change the model's outputs); the sampler's log-probs and statistics come along."""
     if len(parts) == 1:
         return parts[0]
     width = max(p.prompt_ids.shape[1] for p in parts)
@@ -142,10 +163,13 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         response_mask=torch.cat([p.response_mask for p in parts]),
         texts=[t for p in parts for t in p.texts],
         truncated=torch.cat([p.truncated for p in parts]),
+        rollout_logp=None if any(p.rollout_logp is None for p in parts) else torch.cat([p.rollout_logp for p in parts]),
+        sampler_stats=None if any(p.sampler_stats is None for p in parts) else TokenStats.cat(
+            [p.sampler_stats for p in parts]),
     )
 
 
-def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
+def sample_groups(run: RLRun, step: int, clock: PhaseClock | None = None) -> tuple[Rollouts, torch.Tensor, dict[str, float]]:
     """``prompts_per_step`` groups of G responses, their verifier rewards ``[B]`` and the step's sampling stats.
 
     With ``dynamic_sampling`` (DAPO; verl ``filter_groups``) groups whose rewards all agree are dropped and new
@@ -153,6 +177,7 @@ def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[s
     kept); more than ``max_gen_batches`` batches (<= 0: unlimited) is an error, as in verl.
     """
     rl, cfg, G = run.rl, run.obj_cfg, run.rl.group_size
+    clock = clock or PhaseClock()
     rng = random.Random(step_seed(run.seed, step))
     pool = list(range(len(run.train_rows)))
     parts, kept_rewards, all_rewards = [], [], []
@@ -169,11 +194,12 @@ def sample_groups(run: RLRun, step: int) -> tuple[Rollouts, torch.Tensor, dict[s
         pool = [i for i in pool if i not in taken]
         prompts = [run.train_rows[i] for i in picked]
         texts = [build_prompt(p["problem"], run.tokenizer, rl.template) for p in prompts]
-        ro = run.sampler.generate(texts, n=G, seed=gen_seed(run.seed, step, k))
+        with clock("rollout"):
+            ro = run.sampler.generate(texts, n=G, seed=gen_seed(run.seed, step, k))
         dev = ro.response_mask.device  # the policy's: every per-response tensor of the step lives there
-        # the whole batch at once: a pooled verifier (task `math`) spreads it over its workers
-        rewards = torch.tensor(score_batch(run.reward_fn, ro.texts, [p["answer"] for p in prompts for _ in range(G)]),
-                               device=dev)
+        with clock("reward"):  # the whole batch at once: a pooled verifier (task `math`) spreads it over its workers
+            rewards = torch.tensor(score_batch(run.reward_fn, ro.texts,
+                                               [p["answer"] for p in prompts for _ in range(G)]), device=dev)
         all_rewards.append(rewards)
         keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool, device=dev)
         keep_idx = keep.nonzero().squeeze(-1)[: rl.prompts_per_step - n_kept]  # truncate to the batch size
@@ -202,22 +228,33 @@ def shaped_rewards(run: RLRun, ro: Rollouts, rewards: torch.Tensor) -> tuple[tor
 # ----------------------------------------------------------------------------------------------------------
 def rl_step(run: RLRun, step: int) -> dict[str, float]:
     """One rollout batch and its ``minibatches x epochs`` updates, then the controller update; returns the log row."""
+    started = time.perf_counter()
     rl, G = run.rl, run.rl.group_size
     run.state.update(step=step, total_steps=rl.steps)  # for schedules; controllers update the rest after the step
 
+    clock = PhaseClock(run.policy.device if hasattr(run.policy, "device") else None)
     # ---- Sync: the sampler gets the current adapter (vLLM: a new LoRARequest; hf: nothing to do) ----
-    run.sampler.sync(run.policy, run.version)
+    with clock("rollout"):
+        run.sampler.sync(run.policy, run.version)
     # ---- Rollout + Reward: G samples per prompt from the current policy (= pi_old), scored by the verifier ----
-    ro, rewards, info = sample_groups(run, step)
+    ro, rewards, info = sample_groups(run, step, clock)
     run.sampler.sleep()  # a colocated engine frees its GPU memory for the training phase
     scores, penalty = shaped_rewards(run, ro, rewards)
     # ---- Advantage: group-relative, broadcast over the response tokens ----
     adv = run.adv_fn(scores, G)[:, None].expand_as(ro.response_mask).float() * ro.response_mask
-    # ---- Old (and reference) log-probs: no gradient, same forward path as the update ----
+    # ---- Old log-probs: the sampler's own when it is the trained module, else a no-grad pass (the update's
+    # forward path). Reference log-probs: for an objective that reads them, or the KL logged at evaluation steps ----
     fb = rl.forward_batch_size
-    old = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, batch_size=fb), run.obj_cfg.logprob_dtype)
-    ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True, batch_size=fb),
-                            run.obj_cfg.logprob_dtype)
+    with clock("old"):
+        old = ro.sampler_stats if sampler_is_old(run, ro) else frozen_stats(run.policy, ro, rl.temperature,
+                                                                             batch_size=fb)
+        old = logprob_precision(old, run.obj_cfg.logprob_dtype)
+    ref = None
+    if run.obj_cfg.needs().ref_logp or is_eval_step(rl, step + 1):
+        with clock("ref"):
+            ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True, batch_size=fb),
+                                    run.obj_cfg.logprob_dtype)
+    ref_logp = ref.logp if ref is not None and run.obj_cfg.needs().ref_logp else None  # what the objective sees
     # ---- Mismatch correction: the sampler's own log-probs against the trainer's (truncated importance sampling) ----
     is_w = None
     if use_tis(rl.rollout.tis, ro):
@@ -231,19 +268,21 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(step_seed(run.seed, step))
     B = rewards.numel()
     # the whole rollout batch (complete groups), for objectives that pool statistics over a group (ERPO)
-    rollout = RLBatch(old_logp=old.logp, advantages=adv, mask=ro.response_mask, ref_logp=ref.logp, rewards=scores,
+    rollout = RLBatch(old_logp=old.logp, advantages=adv, mask=ro.response_mask, ref_logp=ref_logp, rewards=scores,
                       l_max=rl.max_new_tokens, group_ids=torch.arange(B, device=adv.device) // G,
                       old_entropy=old.entropy)
     for _ in range(rl.epochs):
         perm = torch.randperm(B, generator=gen)
         for idx in perm.view(rl.minibatches, -1):
             batch = RLBatch(old_logp=old.logp[idx], advantages=adv[idx], mask=ro.response_mask[idx],
-                            ref_logp=ref.logp[idx], rewards=scores[idx], l_max=rl.max_new_tokens,
+                            ref_logp=None if ref_logp is None else ref_logp[idx], rewards=scores[idx],
+                            l_max=rl.max_new_tokens,
                             seed=step_seed(run.seed, step) * 4099 + n_updates, group_ids=rollout.group_ids[idx],
                             old_entropy=old.entropy[idx], rollout=rollout, rollout_rows=idx,
                             is_weights=None if is_w is None else is_w[idx])
             where = f"step {step + 1}, update {n_updates + skipped + 1} of {total_updates}"
-            out = update(run, ro.select(idx), batch, where)
+            with clock("update"):
+                out = update(run, ro.select(idx), batch, where)
             if out is None:  # rl.nonfinite: skip
                 skipped += 1
                 continue
@@ -263,13 +302,14 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     row.update(info)
     row.update({
         "stats/entropy_rollout": ((old.entropy * mask).sum() / mask.sum()).item(),
-        "stats/kl_ref": _k3_mean(old.logp, ref.logp, mask),
         "stats/response_length": ro.lengths.float().mean().item(),
         "stats/truncation_rate": ro.truncated.float().mean().item(),
         "stats/unique_responses": len(set(ro.texts)) / len(ro.texts),
         "stats/overlong_penalty": penalty.mean().item(),
         "stats/grad_norm": sum(grad_norms) / len(grad_norms),
     })
+    if ref is not None:
+        row["stats/kl_ref"] = _k3_mean(old.logp, ref.logp, mask)
     if rl.nonfinite == "skip":
         row["stats/skipped_updates"] = float(skipped)
         if skipped:
@@ -280,13 +320,16 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
         raise NonFiniteError(f"step {step + 1}: the logged metric {bad[0]} is {bad[1]}; the last checkpoint is kept; "
                              f"{_ADVICE}")
     # ---- Controllers: new values from this step's row, applied from the next step ----
-    new_state = update_controller_state(run.objective, run.state, run.obj_cfg, row)
+    with clock("controllers"):
+        new_state = update_controller_state(run.objective, run.state, run.obj_cfg, row)
     bad = first_nonfinite(new_state)
     if bad:
         raise NonFiniteError(f"step {step + 1}: the controller of {run.objective} set {bad[0]} to {bad[1]}; the "
                              f"last checkpoint is kept; {_ADVICE}")
     run.state.clear()
     run.state.update(new_state)
+    row.update(clock.row())
+    row["timing_s/step"] = time.perf_counter() - started
     return row
 
 
@@ -374,6 +417,36 @@ def _reject(run: RLRun, where: str, what: str, value: float) -> None:
                          f"kept; {_ADVICE}")
 
 
+def sampler_is_old(run: RLRun, ro: Rollouts) -> bool:
+    """Whether pi_old's statistics are the sampler's own (``rl.old_stats``): ``sampler`` when it reports them,
+    ``auto`` when it reports them and the policy's LM head computes in float32 (then they equal a recomputed pass
+    to float rounding; in bf16 the decode and the full pass round differently, so ``auto`` recomputes)."""
+    mode = run.rl.old_stats
+    if mode == "sampler" and ro.sampler_stats is None:
+        raise ValueError("rl.old_stats: 'sampler' needs a sampler that reports the sampling policy's statistics "
+                         "(the hf backend's lean loop, rl.rollout.hf_loop: lean); use 'auto' or 'recompute'")
+    if mode == "recompute" or ro.sampler_stats is None:
+        return False
+    return mode == "sampler" or compute_dtype(run.policy) == torch.float32
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the model computes in (``model.compute_dtype``: the weights' dtype, and the 4-bit layers' compute
+    dtype)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quant = getattr(causal.config, "quantization_config", None)
+    dtype = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    if isinstance(quant, dict):
+        dtype = quant.get("bnb_4bit_compute_dtype")
+    dtype = dtype or causal.lm_head.weight.dtype
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def is_eval_step(rl: RLConfig, done: int) -> bool:
+    """Whether the held-out evaluation runs after ``done`` steps (every ``eval_every`` and at the last step)."""
+    return done % rl.eval_every == 0 or done == rl.steps
+
+
 def use_tis(mode: str, ro: Rollouts) -> bool:
     """Whether the step applies the mismatch correction (``rl.rollout.tis``: on, off, or auto = when the sampler
     reports its log-probs)."""
@@ -399,6 +472,7 @@ def _k3_mean(logp, ref_logp, mask) -> float:
 def heldout_eval(run: RLRun, step: int, n: int = 4) -> dict[str, float]:
     """Held-out pass@1 (n samples per prompt at the RL temperature, from the run's sampler) for the in-training
     curve."""
+    started = time.perf_counter()
     run.sampler.sync(run.policy, run.version)
     _, summary = evaluate(
         run.policy, run.tokenizer, run.eval_rows[: run.rl.eval_prompts], run.reward_fn, n=n,
@@ -407,7 +481,7 @@ def heldout_eval(run: RLRun, step: int, n: int = 4) -> dict[str, float]:
     )
     run.sampler.sleep()
     return {"step": step, "heldout/pass@1": summary["pass@1"], "heldout/entropy": summary["mean_token_entropy"],
-            "heldout/length": summary["mean_length"]}
+            "heldout/length": summary["mean_length"], "timing_s/heldout": time.perf_counter() - started}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -526,7 +600,7 @@ def train_rl(run: RLRun, checkpoint: str | Path | None = None) -> tuple[list[dic
         row = rl_step(run, step)
         log.append(row)
         done = step + 1
-        if done % run.rl.eval_every == 0 or done == run.rl.steps:
+        if is_eval_step(run.rl, done):
             evals.append(heldout_eval(run, done))
         bar.set_postfix(reward=f"{row['reward/mean']:.2f}", H=f"{row['stats/entropy']:.3f}")
         if checkpoint and (done % run.rl.checkpoint_every == 0 or done == run.rl.steps):

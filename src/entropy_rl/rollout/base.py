@@ -22,11 +22,13 @@ Shapes: ``B = n_prompts x G`` (groups contiguous), ``P`` prompt positions (left-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from ..token_stats import TokenStats
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Rollouts:
     rollout_logp: Tensor | None = None
     """[B, T] log-probs of the sampled tokens under the sampler's own distribution at the sampling temperature
     (0 at padding); None when the backend does not report them (``hf``: it samples from the policy module itself)"""
+    sampler_stats: TokenStats | None = None
+    """[B, T] ``logp`` and ``entropy`` of the policy that sampled, at the sampling temperature, from the logits each
+    token was drawn from (0 at padding): reported by a sampler that is the trained module itself (``hf``'s lean loop),
+    so they are pi_old's; None otherwise"""
 
     @property
     def lengths(self) -> Tensor:
@@ -65,7 +71,14 @@ class Rollouts:
             response_ids=self.response_ids[idx], response_mask=self.response_mask[idx],
             texts=[self.texts[i] for i in rows], truncated=self.truncated[idx],
             rollout_logp=None if self.rollout_logp is None else self.rollout_logp[idx],
+            sampler_stats=None if self.sampler_stats is None else select_stats(self.sampler_stats, idx),
         )
+
+
+def select_stats(stats: TokenStats, idx) -> TokenStats:
+    """The rows ``idx`` of ``[B, T]`` token statistics (fields that are None stay None)."""
+    return TokenStats(**{f.name: None if getattr(stats, f.name) is None else getattr(stats, f.name)[idx]
+                         for f in fields(TokenStats)})
 
 
 class Sampler(Protocol):
@@ -102,7 +115,7 @@ def encode_prompts(tokenizer, prompts: list[str], n: int) -> tuple[Tensor, Tenso
 
 def finish_rollouts(tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                     rollout_logp: Tensor | None = None, lengths: Tensor | None = None,
-                    truncated: Tensor | None = None) -> Rollouts:
+                    truncated: Tensor | None = None, sampler_stats: TokenStats | None = None) -> Rollouts:
     """Rollouts from ``[B, T]`` sampled ids (padded to the cap): the mask up to the first EOS (or the first
     ``lengths`` tokens, when the backend reports where it stopped, with its ``truncated`` flags), padding after it,
     and the decoded texts."""
@@ -115,7 +128,8 @@ def finish_rollouts(tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, response
         rollout_logp = rollout_logp.masked_fill(response_mask == 0, 0.0)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                    response_mask=response_mask, texts=texts, truncated=truncated, rollout_logp=rollout_logp)
+                    response_mask=response_mask, texts=texts, truncated=truncated, rollout_logp=rollout_logp,
+                    sampler_stats=sampler_stats)
 
 
 def tis_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, dict[str, float]]:
