@@ -147,7 +147,7 @@ def test_auto_uses_the_sampler_in_float32_and_sampler_needs_one_that_reports(tin
     assert calls == [] and row["timing_s/old"] < 0.01  # no no-grad pass: neither pi_old nor the reference
     run.sampler = HFRollout(run.policy, run.tokenizer, run.rl.max_new_tokens, run.rl.temperature, loop="generate")
     rl_step(run, 1)
-    assert calls == [{"batch_size": run.rl.forward_batch_size}]  # generate reports nothing: pi_old is recomputed
+    assert calls == [{"batch_size": run.rl.forward_batch_size, "nucleus": False}]  # generate reports nothing: recomputed
     run.rl = dataclasses.replace(run.rl, old_stats="sampler")
     with pytest.raises(ValueError, match="rl.old_stats: 'sampler' needs a sampler"):
         rl_step(run, 2)
@@ -165,6 +165,24 @@ def test_the_reference_pass_runs_only_where_it_is_read(tiny_model_dir, small_mod
     refs.clear()
     run = make_run(tiny_model_dir, small_model_cfg, steps=3, rl={"eval_every": 2}, kl_coef=0.1)
     assert all("stats/kl_ref" in rl_step(run, s) for s in range(3)) and refs == [True] * 3
+
+
+@pytest.mark.parametrize("objective,nucleus", [("grpo", False), ("paec", True)])
+def test_only_paec_asks_for_the_nucleus_statistics(tiny_model_dir, small_model_cfg, monkeypatch, objective,
+                                                     nucleus):
+    """The update's pass computes topp/top2 statistics only for an objective whose needs() reads them (PAEC);
+    no other pass of the step (pi_old, the reference) computes them."""
+    asked = []
+    inner_p, inner_f = policy_stats, frozen_stats
+    monkeypatch.setattr("entropy_rl.rl.policy_stats", lambda *a, **k: asked.append(k["nucleus"]) or inner_p(*a, **k))
+    monkeypatch.setattr("entropy_rl.rl.frozen_stats",
+                        lambda *a, **k: asked.append(("frozen", k["nucleus"])) or inner_f(*a, **k))
+    run = make_run(tiny_model_dir, small_model_cfg, steps=1, objective=objective, rl={"old_stats": "recompute"})
+    row = rl_step(run, 0)
+    assert run.obj_cfg.needs().nucleus is nucleus
+    assert [a for a in asked if not isinstance(a, tuple)] == [nucleus] * run.rl.minibatches
+    assert {a for a in asked if isinstance(a, tuple)} == {("frozen", False)}
+    assert ("stats/paec_topp_entropy" in row) is nucleus
 
 
 def test_every_row_carries_its_phase_timings(tiny_model_dir, small_model_cfg):

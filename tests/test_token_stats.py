@@ -166,12 +166,119 @@ def test_entropy_gradient_at_selected_positions_equals_the_masked_full_gradient(
     check_grads([(hidden, r_h), (weight, r_w)], 1e-6)
 
 
+def stats_and_grads(hidden, weight, bias, ids, g_logp, g_ent, **kw):
+    """The statistics and the gradients of ``(logp * g_logp).sum() + (entropy * g_ent).sum()`` (a None weight: that
+    term left out), on fresh leaves."""
+    h, w, b = (t.detach().clone().requires_grad_(True) for t in (hidden, weight, bias))
+    st = token_stats_flat(h, w, ids, 0.8, b, top_p=0.8, top_k=10, chunk_size=8, **kw)
+    terms = [(x * c).sum() for x, c in ((st.logp, g_logp), (st.entropy, g_ent)) if c is not None]
+    sum(terms).backward()
+    return st, (h.grad, w.grad, b.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("V", [7, 60, 600])  # V below top_k (the whole row sorted), above it, a wide row
+@pytest.mark.parametrize("upstream", ["masked", "logp", "entropy"])
+def test_single_pass_is_the_tiled_function(dtype, V, upstream, monkeypatch):
+    """V <= vocab_chunk_size takes one pass per row chunk (its log p kept for the backward, or the logits recomputed
+    above SAVE_LOGP_ELEMENTS): the same values and gradients as the tiled path and the float64 reference, with
+    upstream gradients that vanish on some rows (those rows get an exactly zero gradient) or on a whole field."""
+    g = torch.Generator().manual_seed(V)
+    n, H = 23, 12  # three row chunks of 8, the last ragged
+    hidden = torch.randn(n, H, generator=g, dtype=dtype)
+    weight = torch.randn(V, H, generator=g, dtype=dtype) * (1.5 if V > 100 else 0.5)
+    bias, ids = torch.randn(V, generator=g, dtype=dtype), torch.randint(0, V, (n,), generator=g)
+    g_logp = torch.randn(n, generator=g, dtype=dtype) * (torch.rand(n, generator=g) < 0.7)
+    g_ent = torch.randn(n, generator=g, dtype=dtype) * (torch.rand(n, generator=g) < 0.5)
+    g_logp, g_ent = {"masked": (g_logp, g_ent), "logp": (g_logp, None), "entropy": (None, g_ent)}[upstream]
+    args = (hidden, weight, bias, ids, g_logp, g_ent)
+    tiled, tiled_grads = stats_and_grads(*args, vocab_chunk_size=V // 3 + 1)
+    ref = reference(*leaves(hidden, weight, dtype=torch.float64), ids, 0.8, leaves(bias, dtype=torch.float64)[0],
+                    top_p=0.8, top_k=10)
+    check_values(tiled, ref, TOL[dtype])
+    for save in (ts.SAVE_LOGP_ELEMENTS, 0):
+        monkeypatch.setattr(ts, "SAVE_LOGP_ELEMENTS", save)
+        single, grads = stats_and_grads(*args, vocab_chunk_size=V)
+        for f in dataclasses.fields(TokenStats):
+            a, b = getattr(single, f.name), getattr(tiled, f.name)
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype], msg=f.name)  # exact for the ints
+        for got, want in zip(grads, tiled_grads):
+            torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype] * want.abs().max().item())
+        quiet = torch.stack([c == 0 for c in (g_logp, g_ent) if c is not None]).all(0)  # no upstream gradient
+        assert quiet.any() and torch.all(grads[0][quiet] == 0) and torch.all(tiled_grads[0][quiet] == 0)
+
+
+def test_single_pass_keeps_log_p_for_the_backward(monkeypatch):
+    """Below SAVE_LOGP_ELEMENTS the backward reads the forward's log p (no logits recomputed) and leaves it intact for
+    a second backward; above it, the backward recomputes the logits."""
+    g = torch.Generator().manual_seed(5)
+    hidden, weight = leaves(torch.randn(9, 6, generator=g), torch.randn(20, 6, generator=g), dtype=torch.float64)
+    ids = torch.randint(0, 20, (9,), generator=g)
+    calls = []
+    real = ts._logits
+    monkeypatch.setattr(ts, "_logits", lambda h, *a: calls.append(h.shape[0]) or real(h, *a))
+    st = token_stats_flat(hidden, weight, ids)
+    loss = st.logp.sum() + (st.entropy * torch.arange(9)).sum()
+    loss.backward(retain_graph=True)
+    first = hidden.grad.clone()
+    loss.backward()
+    assert calls == [9]  # the forward's one pass only
+    torch.testing.assert_close(hidden.grad, 2 * first)
+    monkeypatch.setattr(ts, "SAVE_LOGP_ELEMENTS", 9 * 20 - 1)
+    token_stats_flat(hidden, weight, ids).logp.sum().backward()
+    assert calls == [9, 9, 9]
+
+
+@pytest.mark.parametrize("vchunk", [13, 64])  # tiled, single pass
+@pytest.mark.parametrize("keep", [True, False])  # single pass: log p kept for the backward, or recomputed
+def test_without_the_nucleus_the_same_log_probs_entropies_and_gradients(vchunk, keep, monkeypatch):
+    """``nucleus=False`` computes no top-K, sort or merge: the four nucleus fields are None, and logp, entropy, lse
+    and the gradients are those of the full pass (float64) to rounding, through the [B, T] scatter too."""
+    if not keep:
+        monkeypatch.setattr(ts, "SAVE_LOGP_ELEMENTS", 0)
+    g = torch.Generator().manual_seed(11)
+    n, H, V = 21, 6, 40
+    hidden, weight = torch.randn(n, H, generator=g, dtype=torch.float64), torch.randn(V, H, generator=g,
+                                                                                       dtype=torch.float64)
+    bias, ids = torch.randn(V, generator=g, dtype=torch.float64), torch.randint(0, V, (n,), generator=g)
+    g_logp, g_ent = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    full, full_grads = stats_and_grads(hidden, weight, bias, ids, g_logp, g_ent, vocab_chunk_size=vchunk)
+    lean, lean_grads = stats_and_grads(hidden, weight, bias, ids, g_logp, g_ent, vocab_chunk_size=vchunk,
+                                       nucleus=False)
+    assert lean.topp_entropy is None and lean.topp_size is None and lean.topp_overflow is None
+    assert lean.top2_gap is None
+    for name in ("logp", "entropy", "lse"):
+        torch.testing.assert_close(getattr(lean, name), getattr(full, name), rtol=1e-12, atol=1e-12, msg=name)
+    for got, want in zip(lean_grads, full_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    mask = torch.rand(3, 7, generator=g) < 0.6
+    st = token_stats(hidden.view(3, 7, H), weight, ids.view(3, 7), mask, nucleus=False, vocab_chunk_size=vchunk)
+    assert st.topp_entropy is None and st.top2_gap is None
+    torch.testing.assert_close(st.logp[mask], token_stats_flat(hidden, weight, ids, vocab_chunk_size=vchunk).logp[
+        mask.view(-1)])
+
+
+@pytest.mark.parametrize("c,k", [(99, 99), (1000, 256), (40, 8), (5, 1)])
+def test_top_first_rearranges_rows_with_the_sorted_top_k_first(c, k):
+    """The CPU's numpy selection and sort: z - max with torch.topk's sorted values first, ties too, the rest of the
+    row after (the same values), and the input left alone."""
+    g = torch.Generator().manual_seed(c)
+    for z in (torch.randn(6, c, generator=g, dtype=torch.float64), torch.randint(0, 5, (6, c), generator=g).float()):
+        before = z.clone()
+        zc, m = ts._top_first(z, k, torch.empty_like(z))
+        assert torch.equal(m, z.amax(1)) and torch.equal(z, before)
+        assert torch.equal(zc[:, :k], torch.topk(z, k, dim=1).values - m[:, None])
+        assert torch.equal(zc.sort(1).values, (z - m[:, None]).sort(1).values)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_inputs_accumulate_in_fp32(dtype):
+@pytest.mark.parametrize("vchunk", [16, 64])  # tiled, single pass
+def test_low_precision_inputs_accumulate_in_fp32(dtype, vchunk):
     g = torch.Generator().manual_seed(4)
     hidden, weight = leaves(torch.randn(9, 8, generator=g), torch.randn(30, 8, generator=g), dtype=dtype)
     ids = torch.randint(0, 30, (9,), generator=g)
-    st = token_stats_flat(hidden, weight, ids, 0.7, top_k=8, chunk_size=4, vocab_chunk_size=16)
+    st = token_stats_flat(hidden, weight, ids, 0.7, top_k=8, chunk_size=4, vocab_chunk_size=vchunk)
     assert st.logp.dtype == torch.float32 and st.entropy.dtype == torch.float32
     r_h, r_w = leaves(hidden, weight, dtype=torch.float64)  # the same (rounded) inputs, exactly in float64
     ref = reference(r_h, r_w, ids, 0.7, top_k=8)

@@ -160,14 +160,18 @@ def test_no_worker_left_behind_when_the_parent_ends(tmp_path, ending):
         pool = WorkerPool(workers=2, timeout=5.0)
         pool.map(abs, [(-1,), (-2,)])
         print(" ".join(map(str, pool.pids())), flush=True)
+        sys.stdin.readline()  # the test has seen both workers alive (else "exit" could end them before it looks)
         if {ending!r} == "sigkill":
             time.sleep(60)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2 and len(_alive(pids)) == 2
     if ending == "sigkill":
         proc.kill()
+    else:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     proc.wait(30)
     deadline = time.monotonic() + 10
     while _alive(pids) and time.monotonic() < deadline:

@@ -75,7 +75,8 @@ class HFBackend:
             if ro.sampler_stats is not None and getattr(self.sampler, "model", None) is self.model:
                 ent = ro.sampler_stats.entropy  # the sampling pass's own: the same model at the same temperature
             else:
-                ent = frozen_stats(self.model, ro, self.temperature, batch_size=self.stats_batch_size).entropy
+                ent = frozen_stats(self.model, ro, self.temperature, batch_size=self.stats_batch_size,
+                                   nucleus=False).entropy
             sums = (ent * ro.response_mask).sum(-1).tolist()
         return Generations(ro.texts, ro.lengths.tolist(), [bool(t) for t in ro.truncated], sums)
 

@@ -40,9 +40,10 @@ def length_groups(lengths: list[int], max_groups: int = MAX_GROUPS, pass_cost: i
 
 
 def policy_stats(model, ro: Rollouts, temperature: float = 1.0, *, top_p: float = DEFAULT_TOP_P,
-                 top_k: int = DEFAULT_TOP_K) -> TokenStats:
+                 top_k: int = DEFAULT_TOP_K, nucleus: bool = True) -> TokenStats:
     """Token statistics ``[B, T]`` of ``model`` on the responses of ``ro`` (``logp``, ``entropy`` differentiable;
-    ``top_p``/``top_k`` set the nucleus of ``topp_entropy``).
+    ``top_p``/``top_k`` set the nucleus of ``topp_entropy``; ``nucleus=False``: the nucleus fields are None, not
+    computed).
 
     Only the positions some row uses are computed: the rows are grouped by length (:func:`length_groups`) and each
     group's forward pass spans its own columns, from its first prompt token to its longest response's last token
@@ -58,18 +59,22 @@ def policy_stats(model, ro: Rollouts, temperature: float = 1.0, *, top_p: float 
     for g in groups:
         rows = torch.tensor(g, device=lengths.device)
         a, w = int(first[rows].min()), max(int(lengths[rows].max()), 1)
-        parts.append(_stats(model, ro.select(rows), a, w, temperature, top_p, top_k))
+        parts.append(_stats(model, ro.select(rows), a, w, temperature, top_p, top_k, nucleus))
     order = torch.tensor([i for g in groups for i in g], device=lengths.device)
     inv = torch.empty_like(order)
     inv[order] = torch.arange(B, device=order.device)
     out = {}
     for f in fields(TokenStats):
         vals = [getattr(p, f.name) for p in parts]
+        if vals[0] is None:
+            out[f.name] = None
+            continue
         out[f.name] = torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[1])) for v in vals])[inv]
     return TokenStats(**out)
 
 
-def _stats(model, ro: Rollouts, a: int, w: int, temperature: float, top_p: float, top_k: int) -> TokenStats:
+def _stats(model, ro: Rollouts, a: int, w: int, temperature: float, top_p: float, top_k: int,
+           nucleus: bool = True) -> TokenStats:
     """Statistics ``[b, w]`` of the first ``w`` response positions, from one forward pass over prompt columns ``a:``
     and response columns ``:w``."""
     causal = _causal_lm(model)
@@ -83,7 +88,7 @@ def _stats(model, ro: Rollouts, a: int, w: int, temperature: float, top_p: float
     if hasattr(head, "lora_A"):  # an adapter on the head would be silently ignored by reading its weight
         raise NotImplementedError("LoRA on lm_head is not supported: token statistics read lm_head.weight directly")
     return token_stats(h, head.weight, ro.response_ids[:, :w], ro.response_mask[:, :w], temperature, head.bias,
-                       top_p=top_p, top_k=top_k)
+                       top_p=top_p, top_k=top_k, nucleus=nucleus)
 
 
 def _causal_lm(model):
@@ -92,7 +97,8 @@ def _causal_lm(model):
 
 @torch.no_grad()
 def frozen_stats(model, ro: Rollouts, temperature: float = 1.0, reference: bool = False,
-                 batch_size: int = 256, *, top_p: float = DEFAULT_TOP_P, top_k: int = DEFAULT_TOP_K) -> TokenStats:
+                 batch_size: int = 256, *, top_p: float = DEFAULT_TOP_P, top_k: int = DEFAULT_TOP_K,
+                 nucleus: bool = True) -> TokenStats:
     """Detached statistics; with ``reference=True`` the LoRA adapter is disabled (the frozen base = pi_ref)."""
     ctx = model.disable_adapter() if reference and hasattr(model, "disable_adapter") else nullcontext()
     was_training = model.training
@@ -101,7 +107,7 @@ def frozen_stats(model, ro: Rollouts, temperature: float = 1.0, reference: bool 
     with ctx:
         for s in range(0, ro.response_ids.shape[0], batch_size):
             parts.append(policy_stats(model, ro.select(slice(s, s + batch_size)), temperature, top_p=top_p,
-                                      top_k=top_k))
+                                      top_k=top_k, nucleus=nucleus))
     if was_training:
         model.train()
     return TokenStats.cat(parts)

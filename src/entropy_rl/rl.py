@@ -247,13 +247,13 @@ def rl_step(run: RLRun, step: int) -> dict[str, float]:
     fb = rl.forward_batch_size
     with clock("old"):
         old = ro.sampler_stats if sampler_is_old(run, ro) else frozen_stats(run.policy, ro, rl.temperature,
-                                                                             batch_size=fb)
+                                                                             batch_size=fb, nucleus=False)
         old = logprob_precision(old, run.obj_cfg.logprob_dtype)
     ref = None
     if run.obj_cfg.needs().ref_logp or is_eval_step(rl, step + 1):
         with clock("ref"):
-            ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True, batch_size=fb),
-                                    run.obj_cfg.logprob_dtype)
+            ref = logprob_precision(frozen_stats(run.policy, ro, rl.temperature, reference=True, batch_size=fb,
+                                                 nucleus=False), run.obj_cfg.logprob_dtype)
     ref_logp = ref.logp if ref is not None and run.obj_cfg.needs().ref_logp else None  # what the objective sees
     # ---- Mismatch correction: the sampler's own log-probs against the trainer's (truncated importance sampling) ----
     is_w = None
@@ -376,8 +376,8 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, where: str = "") -> tuple[d
     else:
         scope = None
         if cfg.needs().stat_scope == "minibatch":
-            cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature, batch_size=rl.forward_batch_size),
-                                    cfg.logprob_dtype)  # params fixed
+            cur = logprob_precision(frozen_stats(run.policy, mb, rl.temperature, batch_size=rl.forward_batch_size,
+                                                 nucleus=False), cfg.logprob_dtype)  # params fixed
             scope = StatScope(logp=cur.logp, entropy=cur.entropy, old_logp=batch.old_logp,
                               advantages=batch.advantages, mask=batch.mask)
         total = max(agg_denominator(batch.mask, cfg.agg), 1.0)
@@ -388,7 +388,8 @@ def update(run: RLRun, mb: Rollouts, batch: RLBatch, where: str = "") -> tuple[d
                 micro.seed = batch.seed * n_micro + j  # its own random draws per micro-batch
             passes.append((micro, mb.select(rows), agg_denominator(micro.mask, cfg.agg) / total))
     for micro, ro_micro, weight in passes:
-        stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=cfg.needs().top_p)
+        stats = policy_stats(run.policy, ro_micro, rl.temperature, top_p=cfg.needs().top_p,
+                             nucleus=cfg.needs().nucleus)
         stats = logprob_precision(stats, cfg.logprob_dtype)
         loss, m = run.loss_fn(micro, stats, cfg, run.state)
         bad = (_nonfinite_tensor("the token log-probs", stats.logp, micro.mask)

@@ -55,7 +55,7 @@ def train_sft(model, tokenizer, rows: list[dict], cfg: SFTConfig, log_every: int
         batch = sft_batch(tokenizer, rng.sample(rows, min(cfg.batch_size, len(rows))), device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        stats = policy_stats(model, batch)
+        stats = policy_stats(model, batch, nucleus=False)
         loss = agg_loss(-stats.logp, batch.response_mask, "token-mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()

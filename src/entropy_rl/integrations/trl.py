@@ -199,7 +199,7 @@ class EntropyRLGRPOTrainer(trl.GRPOTrainer):
         if hasattr(head, "lora_A"):
             raise NotImplementedError("LoRA on lm_head is not supported: token statistics read lm_head.weight directly")
         return token_stats(hidden, head.weight, completion_ids, mask, self.temperature, head.bias,
-                           top_p=self.objective_cfg.needs().top_p)
+                           top_p=self.objective_cfg.needs().top_p, nucleus=self.objective_cfg.needs().nucleus)
 
     def _mask(self, inputs: dict) -> torch.Tensor:
         mask = inputs["completion_mask"]

@@ -58,7 +58,7 @@ class PAECConfig(GRPOConfig):
               "bonus_coef": GE0}
 
     def needs(self) -> Needs:
-        return dataclasses.replace(super().needs(), top_p=self.top_p)
+        return dataclasses.replace(super().needs(), top_p=self.top_p, nucleus=True)
 
 
 def position_mask(stats: TokenStats, mask: Tensor, cfg: PAECConfig) -> tuple[Tensor, dict[str, Tensor]]:

@@ -107,6 +107,9 @@ class Needs:
     """the reference policy's log-probs enter the loss (a KL term, ERPO's progress against the reference)"""
     top_p: float = DEFAULT_TOP_P
     """nucleus mass of the top-p entropy in the token statistics"""
+    nucleus: bool = False
+    """the nucleus statistics (``topp_entropy``, ``topp_size``, ``topp_overflow``, ``top2_gap``) are read (PAEC);
+    otherwise the update's token-statistics pass skips them (None)"""
     stat_scope: str = "microbatch"
     """`minibatch`: under gradient accumulation each micro-batch gets the mini-batch's detached statistics"""
 
