@@ -3,6 +3,10 @@
 #   make trl-check    .venv-trl: trl 1.16 + the project; tests/test_integrations_trl.py (tiny Llama, GRPOTrainer)
 #   make verl-check   .venv-verl: verl 0.9.1 (pins transformers < 5.11, so the project goes in with --no-deps);
 #                     tests/test_integrations_verl.py (verl's policy-loss and advantage registries)
+#   make bench-rl-step  .venv-trl: benchmarks/bench_rl_step.py, the project's RL step against TRL's GRPOTrainer on
+#                     the tiny profile's SFT model and data (runs/tiny: `dvc repro sft@tiny`), alternating, 1 thread;
+#                     rows appended to benchmarks/results/rl_step.csv, summary in rl_step.md (minutes on 2 cores).
+#                     BENCH_ARGS passes options, e.g. make bench-rl-step BENCH_ARGS="--quick --out /tmp/rlbench"
 PYTHON ?= python3
 TRL_VENV ?= .venv-trl
 VERL_VENV ?= .venv-verl
@@ -10,7 +14,7 @@ VERL_VENV ?= .venv-verl
 TRL_STAMP := $(TRL_VENV)/.installed-$(shell cat pyproject.toml constraints.txt integrations.mk | cksum | cut -d' ' -f1)
 VERL_STAMP := $(VERL_VENV)/.installed-$(shell cat pyproject.toml integrations.mk | cksum | cut -d' ' -f1)
 
-.PHONY: trl-check verl-check trl-venv verl-venv integrations-check
+.PHONY: trl-check verl-check trl-venv verl-venv integrations-check bench-rl-step
 
 trl-venv: $(TRL_STAMP)
 $(TRL_STAMP):
@@ -38,3 +42,7 @@ verl-check: verl-venv
 	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_integrations_verl.py
 
 integrations-check: trl-check verl-check
+
+BENCH_ARGS ?=
+bench-rl-step: trl-venv
+	$(TRL_VENV)/bin/python benchmarks/bench_rl_step.py $(BENCH_ARGS)
