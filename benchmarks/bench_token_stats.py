@@ -240,18 +240,27 @@ def sweep(a, info: dict, run_id: str):
     return rows
 
 
-def sweep_summary(rows: list[dict], csv_path: Path, a) -> str:
-    """The markdown summary of a vocabulary sweep: per (V, head), naive and fused milliseconds and their ratio."""
+def _header(rows: list[dict], csv_path: Path, title: str, flag: str, where_text: str, device=None) -> list[str]:
+    """The preamble both summaries share: title, the run that wrote them, where the rows are, the machine line."""
     r0 = next((r for r in rows if r["status"] == "measured"), rows[0])
     where = csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path
-    lines = [
-        "# Fused token statistics across vocabulary sizes",
+    dev = f"device `{r0.get('device', device)}`; " if device is not None else ""
+    return [
+        f"# {title}",
         "",
-        f"Written by `benchmarks/bench_token_stats.py --sweep-vocab` (run `{r0['run_id']}`, {r0['date']}); the rows, "
-        f"with the columns not shown here, are in `{where}` under that run id.",
+        f"Written by `benchmarks/bench_token_stats.py{' ' + flag if flag else ''}` (run `{r0['run_id']}`, "
+        f"{r0['date']}); " + where_text.format(where=where),
         "",
-        f"- Machine: {r0['machine']}, {r0['cpu']}; torch {r0.get('torch', '?')}, {r0.get('threads', '?')} thread(s); "
-        f"commit `{r0['git_commit']}`{' plus uncommitted changes' if r0['git_dirty'] else ''}.",
+        f"- Machine: {r0['machine']}, {r0['cpu']}; {dev}torch {r0.get('torch', '?')}, {r0.get('threads', '?')} "
+        f"thread(s); commit `{r0['git_commit']}`{' plus uncommitted changes' if r0['git_dirty'] else ''}.",
+    ]
+
+
+def sweep_summary(rows: list[dict], csv_path: Path, a) -> str:
+    """The markdown summary of a vocabulary sweep: per (V, head), naive and fused milliseconds and their ratio."""
+    lines = _header(rows, csv_path, "Fused token statistics across vocabulary sizes", "--sweep-vocab",
+                    "the rows, with the columns not shown here, are in `{where}` under that run id.")
+    lines += [
         f"- Shapes: H = {a.sweep_hidden}, {a.dtype}, temperature {a.temperature:g}, no bias; weight x 0.02, so the "
         "logits are near-uniform and every nucleus is wide (the nucleus's worst case). Fused: the library's defaults "
         f"(vocab_chunk_size {a.vocab_chunk_size:,}: a vocabulary up to that is one single pass; the log-probabilities "
@@ -419,17 +428,9 @@ def _ratio(x: float | None, y: float | None, fmt: str) -> str:
 
 
 def summary(rows: list[dict], csv_path: Path, a) -> str:
-    r0 = next((r for r in rows if r["status"] == "measured"), rows[0])
-    where = csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path
-    lines = [
-        "# Fused token statistics: benchmark summary",
-        "",
-        f"Written by `benchmarks/bench_token_stats.py` (run `{r0['run_id']}`, {r0['date']}); all rows, with the "
-        f"columns not shown here, are in `{where}`.",
-        "",
-        f"- Machine: {r0['machine']}, {r0['cpu']}; device `{r0.get('device', a.device)}`; torch {r0.get('torch', '?')}, "
-        f"{r0.get('threads', '?')} threads; commit `{r0['git_commit']}`"
-        f"{' plus uncommitted changes' if r0['git_dirty'] else ''}.",
+    lines = _header(rows, csv_path, "Fused token statistics: benchmark summary", "",
+                    "all rows, with the columns not shown here, are in `{where}`.", device=a.device)
+    lines += [
         f"- Shapes: V = {a.vocab:,}, {a.dtype}, temperature {a.temperature:g}, no bias. Fused tiles: {a.chunk_size} "
         f"tokens x {a.vocab_chunk_size} vocabulary columns. Head *frozen*: gradient to the hidden states only (LoRA); "
         "*trainable*: to the LM-head weight too.",
