@@ -21,7 +21,7 @@ GRAPH = depgraph.graph()
 LAYERS = [
     {"config", "io", "progress", "registry", "tables"},                                    # names, config, files
     {"token_stats", "agg", "advantages", "controllers", "metrics", "objectives"},          # tensors and maths
-    {"model", "rollout", "policy", "rewards", "prompts", "data", "evalsets"},              # model, sampling, tasks
+    {"model", "rollout", "policy", "rewards", "prompts", "data", "evalsets", "countdown"}, # model, sampling, tasks
     {"rl", "sft", "evaluate", "report", "plots", "glossary"},                              # loop, evaluation, reports
     {"notebooks", "stage", "depgraph", "integrations", "preflight"},                       # runners, tooling, plug-ins
 ]
@@ -149,7 +149,7 @@ def test_metric_glossary_is_generated():
 
 
 # ---------------------------------------------------------------------------------------------- honest DVC deps
-@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "studies/dvc.yaml"])
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "studies/dvc.yaml", "studies/probe/dvc.yaml"])
 def test_stages_depend_on_what_their_notebooks_execute(dvc_file):
     assert depgraph.check_dvc(ROOT / dvc_file) == []
     stages = yaml.safe_load((ROOT / dvc_file).read_text())["stages"]

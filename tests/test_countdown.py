@@ -124,7 +124,9 @@ def test_rejects_huge_inputs_quickly_even_with_loose_limits():
         t = time.perf_counter()
         with pytest.raises(CountdownError) as e:
             evaluate(expr, max_len=10**6, max_abs=10**4)
-        assert e.value.reason == reason and time.perf_counter() - t < 0.1
+        # a 40,000-character input with the length bound lifted: linear work (about 0.05 s alone on the 2-core
+        # machine); the bound leaves room for a loaded machine
+        assert e.value.reason == reason and time.perf_counter() - t < 0.5
         assert isinstance(e.value, ValueError)
 
 
