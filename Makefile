@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 # run beside `make test` once gave another SFT model. Fixed thread counts keep runs bit-identical under load.
 export MKL_DYNAMIC := FALSE
 
-.PHONY: repro study test test-slow venv data lab clean-venv strip-notebooks vllm-check gpu-check
+.PHONY: repro study probe test test-slow venv data lab clean-venv strip-notebooks vllm-check gpu-check
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ study: venv
 	@$(BIN)/python -m entropy_rl.preflight params.yaml
 	$(BIN)/dvc repro studies/dvc.yaml
 	@cat reports/tiny-seeds/results.md
+
+# The random-reward probe (studies/probe/dvc.yaml): 6 objectives x 3 seeds under coin-flip rewards, from the default
+# pipeline's data and SFT start (run `make repro` first); the probe's table and figure in reports/probe.
+probe: venv
+	@$(BIN)/python -m entropy_rl.preflight params.yaml
+	$(BIN)/dvc repro studies/probe/dvc.yaml
+	@cat reports/probe/results.md
 
 # pytest exits 5 when it collects no test: say so, and do not fail on it.
 test: venv

@@ -51,14 +51,17 @@ def run_objective(name, logp, old, adv, mask, entropy=None, state=None, scope=No
     return get_objective(name)(batch, stats, make_objective_config(name, cfg), state or {})
 
 
-def fake_run(root, name, entropy, metrics, steps=4):
+def fake_run(root, name, entropy, metrics, steps=4, logged=None):
     """A run directory as the notebooks write it (curves, held-out points, eval metrics); entropy moves linearly
-    from entropy[0] to entropy[1]."""
+    from entropy[0] to entropy[1]; ``logged``: more step-log keys, each a constant or a list over the steps."""
     d = root / name
     (d / "train").mkdir(parents=True)
     e0, e1 = entropy
     rows = [{"step": s, "stats/entropy": e0 + (e1 - e0) * s / (steps - 1), "stats/response_length": 10.0 + s,
              "reward/mean": 0.5} for s in range(steps)]
+    for k, v in (logged or {}).items():
+        for s, row in enumerate(rows):
+            row[k] = v[s] if isinstance(v, (list, tuple)) else v
     pd.DataFrame(rows).to_csv(d / "train" / "curves.csv", index=False)
     pd.DataFrame([{"step": 0, "heldout/pass@1": 0.4}, {"step": steps, "heldout/pass@1": 0.6}]).to_csv(
         d / "train" / "heldout.csv", index=False)

@@ -10,7 +10,7 @@ from entropy_rl.notebooks import run, strip
 
 from conftest import ROOT, fake_run
 
-NOTEBOOKS = ["00_data", "10_sft", "20_rl", "30_eval", "40_figures"]
+NOTEBOOKS = ["00_data", "10_sft", "20_rl", "30_eval", "40_figures", "45_probe"]
 
 SMOKE = {
     "description": "smoke test",
@@ -167,6 +167,25 @@ def test_figures_notebook_on_the_seeds_study_layout(tmp_path, monkeypatch):
     assert "| paec |" in (root / "reports/s/objectives.md").read_text()
     results = (root / "reports/s/results.md").read_text()
     assert "| `paec` | 3 |" in results and results.count("**") == 2 * len(report.CLAIMS)
+
+
+def test_probe_notebook_tables_and_draws_the_random_reward_probe(tmp_path, monkeypatch):
+    """Training runs only (no evaluation): GRPO's entropy flat across 3 seeds, clip-higher's rising beyond its spread."""
+    root = smoke_root(tmp_path)
+    monkeypatch.chdir(root)
+    for seed in range(3):
+        fake_run(root / "runs/probe", f"grpo-s{seed}", (0.2, 0.2 + 0.002 * (seed - 1)), {},
+                 logged={"stats/cov_logp_adv": 0.0, "stats/clip_frac_low": 0.01, "stats/clip_frac_high": 0.01})
+        fake_run(root / "runs/probe", f"grpo-clip_higher-s{seed}", (0.2, 0.3 + 0.01 * seed), {},
+                 logged={"stats/cov_logp_adv": -1e-3, "stats/clip_frac_low": 0.01, "stats/clip_frac_high": 0.002})
+    for d in (root / "runs/probe").iterdir():
+        (d / "eval" / "metrics.json").unlink()  # the probe evaluates nothing at the end
+    run(ROOT / "notebooks" / "45_probe.ipynb", "reports/p/45_probe.ipynb",
+        {"runs_dir": "runs/probe", "out_dir": "reports/p"})
+    assert (root / "reports/p/figures/probe_entropy.png").stat().st_size > 0
+    results = (root / "reports/p/results.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in results.splitlines()[2:]}
+    assert "none beyond seed spread" in rows["`grpo`"] and "| up | higher |" in rows["`grpo-clip_higher`"]
 
 
 def gpu_smoke_root(path, model_dir):

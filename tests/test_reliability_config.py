@@ -391,7 +391,7 @@ GOOD = [
     pytest.param(text("  paec: {}", "  paec: &paec {rho: 0.7}\n  paec-x: {<<: *paec, method: paec, rho: 0.75}"),
                  lambda p: load_objective("paec-x", p)[1].rho == 0.75, id="anchor-merge-override"),
     pytest.param([], lambda p: preflight.check(p, profile="tiny", objective="paec-no_mask",
-                                               overrides={"rl.steps": 3})["profiles"] == 3, id="check-with-overrides"),
+                                               overrides={"rl.steps": 3})["profiles"] == 4, id="check-with-overrides"),
     pytest.param(put(f"{O}/grpo/max_gen_batches", 0), lambda p: load_objective("grpo", p)[1].max_gen_batches == 0,
                  id="max_gen_batches-unlimited"),
 ]

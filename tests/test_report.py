@@ -16,7 +16,9 @@ def two_dirs(tmp_path):
     for seed, (late, maj) in enumerate([(0.05, 0.72), (0.06, 0.74)], start=1):
         fake_run(b, f"grpo-s{seed}", (0.2, late), {"pass@1": 0.62, "maj@8": maj})
     for seed, maj in enumerate([0.80, 0.82, 0.84]):
-        fake_run(b, f"paec-s{seed}", (0.2, 0.10), {"pass@1": 0.6, "maj@8": maj})
+        # the floor penalty active in 1 of 4 steps (run mean 0.25 >= 0.1); the soft mask over 3 % of positions (< 5 %)
+        fake_run(b, f"paec-s{seed}", (0.2, 0.10), {"pass@1": 0.6, "maj@8": maj},
+                 logged={"stats/paec_penalty_active": [0, 1, 0, 0], "stats/paec_mask_frac": 0.03})
         fake_run(b, f"paec-no_mask-s{seed}", (0.2, 0.10), {"pass@1": 0.6, "maj@8": maj - 0.01})
     return a, b
 
@@ -64,8 +66,37 @@ def test_claim_verdicts_on_gathered_runs(two_dirs):
     r = rows[("paec", "grpo", "maj@8")]
     assert (r["value"], r["baseline_value"]) == (pytest.approx(0.82), pytest.approx(0.72))
     assert r["sd_sum"] == pytest.approx(0.04) and r["verdict"] == "holds"
-    # paec beats its no-mask ablation by 0.01 with sd 0.02 each: inside the spread
-    assert rows[("paec", "paec-no_mask", "maj@8")]["verdict"] == "within seed spread"
+    assert r["binding"] == "stats/paec_penalty_active" and r["binding_value"] == pytest.approx(0.25) and r["bound"]
+    # paec against its no-mask ablation: the mask covered 3 % of positions, under the claim's 5 %: not tested
+    r = rows[("paec", "paec-no_mask", "maj@8")]
+    assert r["binding_value"] == pytest.approx(0.03) and r["bound"] is False
+    assert r["verdict"] == report.INACTIVE == "not tested (mechanism inactive)"
+
+
+def test_a_claim_without_its_diagnostic_logged_is_not_tested_and_one_without_a_diagnostic_keeps_its_verdict():
+    table = pd.DataFrame({"maj@8": [0.8, 0.7], "maj@8 sd": [0.01, 0.01], "seeds": [3, 3]}, index=["paec", "grpo"])
+    (row,) = report.claim_verdicts(table)  # no stats/paec_penalty_active column: never measured, so not bound
+    assert row["binding_value"] != row["binding_value"] and row["verdict"] == report.INACTIVE
+    table["stats/paec_penalty_active"] = [0.5, float("nan")]
+    assert report.claim_verdicts(table)[0]["verdict"] == "holds"
+    bf16 = [c for c in report.CLAIMS if c.method == "dapo-bf16"]
+    assert bf16 and all(c.binding is None for c in bf16)  # no diagnostic: the verdict stands and says so
+
+
+def test_a_baseline_diagnostic_is_read_from_the_baseline_and_the_markdown_shows_it():
+    cols = {"train_entropy_late": [0.10, 0.05], "train_entropy_late sd": [0.01, 0.01], "seeds": [3, 3],
+            "stats/clip_frac_high": [0.5, 0.002]}  # DAPO's own share is high, GRPO's (the baseline's) is 0.2 %
+    table = pd.DataFrame(cols, index=["dapo", "grpo"])
+    (row,) = report.claim_verdicts(table)
+    assert row["binding_of"] == "baseline" and row["binding_value"] == pytest.approx(0.002)
+    assert row["verdict"] == report.INACTIVE
+    table.loc["grpo", "stats/clip_frac_high"] = 0.02
+    assert report.claim_verdicts(table)[0]["verdict"] == "holds"
+    for k in ("mean_length", "pass@1", "pass@8", "maj@8", "entropy_change"):
+        table[k], table[f"{k} sd"] = 0.0, 0.0
+    table["train_entropy_late sd"] = 0.01
+    md = report.results_markdown(table, report.claim_table(table))
+    assert "`stats/clip_frac_high` (of `grpo`) 0.02 (bound if >= 0.01): yes" in md
 
 
 def test_lower_is_the_claimed_direction_for_length_and_bf16():

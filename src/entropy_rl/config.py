@@ -602,6 +602,12 @@ class RLConfig:
     """a non-finite loss or gradient norm in an update: `stop` (raise, naming the quantity and step; nothing of that
     update is applied and the last checkpoint is kept) or `skip` (drop that update, as verl does, and count it in
     `stats/skipped_updates`); a non-finite controller value or logged metric always stops"""
+    reward: str = "verifier"
+    """`verifier` (the task's verifiable reward) or `random`: a seeded coin flip per response, independent of it (the
+    random-reward probe: advantages are pure noise, so whatever an objective does to entropy is its own bias); the
+    verifier still scores the responses, logged as `reward/verifier_mean`"""
+    random_reward_p: float = 0.5
+    """`reward: random`: the probability of reward 1"""
     old_stats: str = "auto"
     """where pi_old's token log-probs and entropies come from: `recompute` (a no-grad pass of the policy over the
     rollouts, as verl and TRL do), `sampler` (the sampling pass's own, from a sampler that is the trained module: the
@@ -613,13 +619,15 @@ class RLConfig:
                                           "micro_batches", "epochs", "eval_every", "eval_prompts",
                                           "checkpoint_every", "forward_batch_size")},
               "group_size": at_least(2, "group-normalized advantages need at least 2 samples per prompt"),
-              "temperature": within(*TEMPERATURE_RANGE), "lr": within(0, 1, "(]"), "grad_clip": GT0}
+              "temperature": within(*TEMPERATURE_RANGE), "lr": within(0, 1, "(]"), "grad_clip": GT0,
+              "random_reward_p": within(0, 1, note="a probability")}
 
     def __post_init__(self):
         check_ranges(self)
         choice("rl.optimizer", self.optimizer, OPTIMIZERS)
         choice("rl.nonfinite", self.nonfinite, ["stop", "skip"])
         choice("rl.old_stats", self.old_stats, OLD_STATS)
+        choice("rl.reward", self.reward, ["verifier", "random"])
         choice("rl.template", self.template, TEMPLATES)
         batch = self.prompts_per_step * self.group_size
         if batch % self.minibatches:
@@ -701,7 +709,7 @@ def validate_profile(profile: Profile, where: str = "") -> Profile:
 
 
 _PROFILE_KEYS = {*SECTIONS, "description", "extends"}
-_TOP_LEVEL = ("profiles", "more_profiles", "objectives", "rl_runs", "study")
+_TOP_LEVEL = ("profiles", "more_profiles", "objectives", "rl_runs", "study", "probe")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -897,15 +905,17 @@ def _name_list(section: str, key: str, value: Any) -> list:
 
 
 def run_matrix(path: str | Path = "params.yaml", section: str = "rl_runs") -> list[tuple[str, str, int]]:
-    """The ``(profile, objective, seed)`` runs of ``rl_runs`` (or of ``study``, whose profile is one), validated:
-    active profiles, objectives with an entry under ``objectives``, integer seeds."""
-    if section not in ("rl_runs", "study"):
-        raise ConfigError(f"{section}: not a run matrix; valid: rl_runs, study")
+    """The ``(profile, objective, seed)`` runs of ``rl_runs`` (or of ``study`` or ``probe``, whose profile is one),
+    validated: active profiles, objectives with an entry under ``objectives``, integer seeds; ``probe.base``: the
+    active profile whose data and SFT start the probe reuses."""
+    if section not in ("rl_runs", "study", "probe"):
+        raise ConfigError(f"{section}: not a run matrix; valid: rl_runs, study, probe")
     params = read_params(path)
     runs = params.get(section)
     if not isinstance(runs, dict):
         raise ConfigError(f"{section}: must be a mapping with objectives and seeds, got {runs!r:.60} (in {path})")
-    keys = {"rl_runs": {"profiles", "objectives", "seeds"}, "study": {"profile", "objectives", "seeds"}}[section]
+    keys = {"rl_runs": {"profiles", "objectives", "seeds"}, "study": {"profile", "objectives", "seeds"},
+            "probe": {"profile", "base", "objectives", "seeds"}}[section]
     for k in runs:
         if not isinstance(k, str):
             raise ConfigError(f"{section}: keys must be strings, got {k!r}")
@@ -923,6 +933,9 @@ def run_matrix(path: str | Path = "params.yaml", section: str = "rl_runs") -> li
             raise ConfigError(f"{key}: profile {p!r} is not "
                               f"{'an active profile (under `profiles`)' if section == 'rl_runs' else 'a profile'}; "
                               f"valid: {', '.join(sorted(valid_profiles))}")
+    if section == "probe" and runs.get("base") not in (params.get("profiles") or {}):
+        raise ConfigError(f"probe.base: {runs.get('base')!r} is not an active profile (under `profiles`), whose data "
+                          f"and SFT start the probe reuses; valid: {', '.join(sorted(params.get('profiles') or {}))}")
     objectives = params.get("objectives") or {}
     names = _name_list(section, "objectives", runs.get("objectives"))
     for i, o in enumerate(names):

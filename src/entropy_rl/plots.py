@@ -29,6 +29,22 @@ BASE_PANELS = [
 CURVE_PANELS = BASE_PANELS + [(p.key, p.label) for p in all_panels()]
 
 
+def probe_figure(steps: pd.DataFrame, title: str = "Random-reward probe: entropy under pure-noise advantages"):
+    """Token entropy and Cov(log π, A) over the steps, one line per objective (mean ± 1 sd over seeds)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    panels = [("stats/entropy", "token entropy (nats)"), ("stats/cov_logp_adv", "Cov(log π, A) per update")]
+    order = sorted(set(steps["objective"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        if key in steps.columns:
+            sns.lineplot(steps, x="step", y=key, hue="objective", hue_order=order, errorbar="sd", ax=ax)
+        ax.set(title=label, xlabel="RL step", ylabel="")
+    axes[0][-1].axhline(0.0, color="grey", lw=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` atomically (PNG without a software stamp, so a rerun is byte-identical) and close it."""
     path = Path(path)

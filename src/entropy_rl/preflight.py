@@ -19,7 +19,7 @@ from typing import Any
 from .config import ConfigError, check_overrides, load_profile, no_profiles_error, read_params, run_matrix
 from .objectives import load_objective
 
-MATRICES = ("rl_runs", "study")
+MATRICES = ("rl_runs", "study", "probe")
 
 
 def check(params_file: str | Path = "params.yaml", profile: str | None = None, objective: str | None = None,

@@ -48,10 +48,11 @@ class Runs:
         return out
 
 
-def collect(runs_dir: str | Path | list, baseline_dir: str | Path | None = None) -> Runs:
+def collect(runs_dir: str | Path | list, baseline_dir: str | Path | None = None, require_eval: bool = True) -> Runs:
     """Every run under ``runs_dir``; a list of directories merges them. The SFT baseline is
     ``<baseline_dir>/eval/metrics.json`` when given, else the first directory's ``sft/eval`` that exists; a run
-    name found in two directories is an error."""
+    name found in two directories is an error. ``require_eval=False``: training runs without evaluations (the
+    random-reward probe) are enough."""
     dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
     for d in dirs:
         if not d.is_dir():
@@ -72,8 +73,9 @@ def collect(runs_dir: str | Path | list, baseline_dir: str | Path | None = None)
                 heldout.append(pd.read_csv(d / "train" / "heldout.csv").assign(**tags))
             if (d / "eval" / "metrics.json").exists():
                 metrics[d.name] = read_json(d / "eval" / "metrics.json")
-    if not metrics:
-        raise FileNotFoundError(f"{', '.join(map(str, dirs))}: no evaluation metrics found")
+    if not metrics and (require_eval or not steps):
+        raise FileNotFoundError(f"{', '.join(map(str, dirs))}: no {'evaluation metrics' if require_eval else 'runs'} "
+                                "found")
     cat = lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame()  # noqa: E731
     return Runs(steps=cat(steps), heldout=cat(heldout), eval_metrics=metrics)
 
@@ -103,9 +105,26 @@ def training_entropy(steps: pd.DataFrame, last_frac: float = 0.5) -> pd.DataFram
 ENTROPY_KEYS = ("train_entropy_late", "entropy_change", "entropy_drift")
 
 
+def binding_keys(claims=None) -> tuple[str, ...]:
+    """The step-log keys the claims read as binding diagnostics, sorted (each becomes a run-mean column)."""
+    return tuple(sorted({c.binding for c in (CLAIMS if claims is None else claims) if c.binding}))
+
+
+def binding_means(steps: pd.DataFrame, keys) -> pd.DataFrame:
+    """Per run: the mean over its steps of each binding diagnostic (NaN where the run does not log it)."""
+    out = {}
+    for run, df in steps.groupby("run"):
+        out[run] = {k: float(df[k].mean()) if k in df.columns and df[k].notna().any() else float("nan") for k in keys}
+    return pd.DataFrame.from_dict(out, orient="index", columns=list(keys))
+
+
 def run_table(runs: Runs) -> pd.DataFrame:
-    """One row per RL run (``model`` = ``<objective>-s<seed>``): final metrics and training entropy."""
+    """One row per RL run (``model`` = ``<objective>-s<seed>``): final metrics, training entropy and the run means
+    of the claims' binding diagnostics."""
     ent = training_entropy(runs.steps) if not runs.steps.empty else pd.DataFrame(columns=list(ENTROPY_KEYS))
+    keys = binding_keys()
+    bind = binding_means(runs.steps, keys) if not runs.steps.empty else pd.DataFrame(columns=list(keys))
+    ent = ent.join(bind, how="outer") if len(bind.columns) else ent
     rows = []
     for model, m in runs.eval_metrics.items():
         match = RUN_NAME.match(model)
@@ -113,23 +132,80 @@ def run_table(runs: Runs) -> pd.DataFrame:
             continue
         row = {"model": model, "objective": match["objective"], "seed": int(match["seed"]),
                **{k: m.get(k) for k in COMPARE_KEYS}}
-        row.update({k: (float(ent.loc[model, k]) if model in ent.index else float("nan")) for k in ENTROPY_KEYS})
+        row.update({k: (float(ent.loc[model, k]) if model in ent.index else float("nan"))
+                    for k in (*ENTROPY_KEYS, *keys)})
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "objective", "seed", *COMPARE_KEYS, *ENTROPY_KEYS])
+    return pd.DataFrame(rows, columns=["model", "objective", "seed", *COMPARE_KEYS, *ENTROPY_KEYS, *keys])
 
 
 def objective_table(runs: Runs) -> pd.DataFrame:
     """One row per objective (or variant): mean and sd over seeds of :func:`run_table`'s columns; ``seeds``
     counts the runs."""
     df = run_table(runs).drop(columns=["model", "seed"])
-    stats = df.astype({k: float for k in (*COMPARE_KEYS, *ENTROPY_KEYS)}).groupby("objective").agg(
-        ["mean", "std", "count"])
+    cols = (*COMPARE_KEYS, *ENTROPY_KEYS, *binding_keys())
+    stats = df.astype({k: float for k in cols}).groupby("objective").agg(["mean", "std", "count"])
     out = pd.DataFrame(index=stats.index)
-    for k in (*COMPARE_KEYS, *ENTROPY_KEYS):
+    for k in cols:
         out[k] = stats[(k, "mean")]
         out[f"{k} sd"] = stats[(k, "std")].fillna(0.0)
     out["seeds"] = stats[(COMPARE_KEYS[0], "count")].astype(int)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The random-reward probe: what each objective does to entropy when the advantages are pure noise
+# ----------------------------------------------------------------------------------------------------------
+PROBE_KEYS = ("stats/cov_logp_adv", "stats/clip_frac_low", "stats/clip_frac_high", "reward/verifier_mean")
+
+
+def probe_table(steps: pd.DataFrame, last_frac: float = 0.25, baseline: str = "grpo") -> pd.DataFrame:
+    """Per objective, mean and sd over seeds: the token entropy of the first step and over the last ``last_frac`` of
+    the steps, its relative change, the run means of :data:`PROBE_KEYS`, and two verdicts against the seed spread:
+    ``drift`` (the change against its own sd: ``down``, ``up`` or ``none beyond seed spread``) and ``vs baseline``
+    (the change against ``baseline``'s, the two sds added)."""
+    per_run = {}
+    for run, df in steps.groupby("run"):
+        df = df.sort_values("step")
+        first = float(df["stats/entropy"].iloc[0])
+        late = float(df["stats/entropy"].iloc[int(len(df) * (1 - last_frac)):].mean())
+        per_run[run] = {"objective": df["objective"].iloc[0], "entropy_first": first, "entropy_late": late,
+                        "entropy_change": late / first - 1,
+                        **{k: float(df[k].mean()) if k in df.columns else float("nan") for k in PROBE_KEYS}}
+    df = pd.DataFrame.from_dict(per_run, orient="index")
+    cols = ["entropy_first", "entropy_late", "entropy_change", *PROBE_KEYS]
+    g = df.groupby("objective")[cols]
+    out = g.mean().join(g.std().fillna(0.0), rsuffix=" sd")
+    out["seeds"] = g.size()
+
+    def drift(row) -> str:
+        if row["seeds"] < 2:
+            return "1 seed, no verdict"
+        if abs(row["entropy_change"]) <= row["entropy_change sd"]:
+            return "none beyond seed spread"
+        return "down" if row["entropy_change"] < 0 else "up"
+
+    out["drift"] = out.apply(drift, axis=1)
+    if baseline in out.index:
+        b = out.loc[baseline]
+        diff = out["entropy_change"] - b["entropy_change"]
+        spread = out["entropy_change sd"] + b["entropy_change sd"]
+        out["vs baseline"] = ["–" if name == baseline else
+                              ("higher" if d > s else "lower" if d < -s else "within seed spread")
+                              for name, d, s in zip(out.index, diff, spread)]
+    return out
+
+
+def probe_markdown(table: pd.DataFrame, baseline: str = "grpo") -> str:
+    """The probe's table for a reader: entropy change, Cov(log π, A), clip shares, verdicts."""
+    lines = ["| objective | seeds | entropy first | entropy late | change | Cov(log π, A) | at low clip | at high clip "
+             f"| drift | vs `{baseline}` |", "|---" * 10 + "|"]
+    f = lambda r, k, fmt: f"{_fmt(r[k], fmt)} ± {_fmt(r[k + ' sd'], fmt)}"  # noqa: E731
+    for name, r in table.loc[sorted(table.index, key=_order)].iterrows():
+        lines.append(f"| `{name}` | {int(r['seeds'])} | {f(r, 'entropy_first', '.4f')} | {f(r, 'entropy_late', '.4f')} "
+                     f"| {r['entropy_change'] * 100:+.0f} % ± {r['entropy_change sd'] * 100:.0f} % "
+                     f"| {f(r, 'stats/cov_logp_adv', '.2e')} | {f(r, 'stats/clip_frac_low', '.4f')} "
+                     f"| {f(r, 'stats/clip_frac_high', '.4f')} | {r['drift']} | {r.get('vs baseline', '–')} |")
+    return "\n".join(lines) + "\n"
 
 
 CLAIMS: tuple[Claim, ...] = tuple(all_claims())
@@ -148,8 +224,22 @@ def verdict(diff: float, spread: float, seeds: int) -> str:
     return "within seed spread" if diff > 0 else "not reproduced (within seed spread)"
 
 
+INACTIVE = "not tested (mechanism inactive)"
+
+
+def binding_value(table: pd.DataFrame, c) -> float:
+    """The claim's binding diagnostic: the mean over seeds of its runs' means, from ``c.binding_of``'s row (NaN when
+    the claim has none or the table lacks it)."""
+    who = c.method if c.binding_of == "method" else c.baseline
+    if not c.binding or c.binding not in table.columns or who not in table.index:
+        return float("nan")
+    return float(table.loc[who, c.binding])
+
+
 def claim_verdicts(table: pd.DataFrame, claims=CLAIMS) -> list[dict]:
-    """One row per claim whose two objectives are in ``table``: both values, their seed sds, the verdict."""
+    """One row per claim whose two objectives are in ``table``: both values, their seed sds, the binding diagnostic
+    and whether it bound, and the verdict: :data:`INACTIVE` when the claim has a diagnostic and it did not bind
+    (the comparison is then no evidence about the paper), else :func:`verdict`."""
     out = []
     for c in claims:
         if c.method not in table.index or c.baseline not in table.index:
@@ -158,14 +248,18 @@ def claim_verdicts(table: pd.DataFrame, claims=CLAIMS) -> list[dict]:
         sd = float(table.loc[c.method, f"{c.metric} sd"]) + float(table.loc[c.baseline, f"{c.metric} sd"])
         seeds = int(min(table.loc[c.method, "seeds"], table.loc[c.baseline, "seeds"]))
         diff = (v - b) if c.direction == "higher" else (b - v)
+        d = binding_value(table, c)
+        bound = c.bound(d) if c.binding else None
         out.append({"figure": c.figure, "claim": c.text, "metric": c.metric, "method": c.method, "value": v,
                     "baseline": c.baseline, "baseline_value": b, "sd_sum": sd, "seeds": seeds,
-                    "verdict": verdict(diff, sd, seeds)})
+                    "binding": c.binding, "binding_of": c.binding_of if c.binding else None, "binding_value": d,
+                    "threshold": f"{c.bound_if} {c.threshold:g}" if c.binding else None, "bound": bound,
+                    "verdict": INACTIVE if bound is False else verdict(diff, sd, seeds)})
     return out
 
 
 CLAIM_COLUMNS = ("claim", "figure", "metric", "method", "value", "baseline", "baseline_value", "sd_sum", "seeds",
-                 "verdict")
+                 "binding", "binding_of", "binding_value", "threshold", "bound", "verdict")
 
 
 def claim_table(table: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
@@ -214,14 +308,24 @@ def results_markdown(table: pd.DataFrame, claims: pd.DataFrame, sft: dict | None
         cells = [f"{_fmt(row[k], f)} ± {_fmt(row[k + ' sd'], f)}" for k, _, f in cols]
         lines.append(f"| `{name}` | {int(row['seeds'])} | " + " | ".join(cells) +
                      f" | {row['entropy_change'] * 100:+.0f} % |")
-    lines += ["", f"| claim | metric | method | baseline | verdict ({seeds} seeds) |", "|---|---|---|---|---|"]
+    lines += ["", f"| claim | metric | method | baseline | mechanism: diagnostic (run mean), bound? | verdict ({seeds} seeds) |",
+              "|---|---|---|---|---|---|"]
     for text, c in claims.iterrows():
         f = ".1f" if c["metric"] == "mean_length" else (".4f" if "entropy_late" in c["metric"] else ".3f")
         sd = lambda m: table.loc[m, f"{c['metric']} sd"] if m in table.index else float("nan")  # noqa: E731
         lines.append(f"| {text} | `{c['metric']}` | `{c['method']}` {_fmt(c['value'], f)} ± {_fmt(sd(c['method']), f)} "
                      f"| `{c['baseline']}` {_fmt(c['baseline_value'], f)} ± {_fmt(sd(c['baseline']), f)} "
-                     f"| **{c['verdict']}** |")
+                     f"| {_binding_cell(c)} | **{c['verdict']}** |")
     return "\n".join(lines) + "\n"
+
+
+def _binding_cell(c) -> str:
+    """The claims table's mechanism cell: the diagnostic, whose runs, its value against the threshold, bound or not."""
+    if not c.get("binding"):
+        return "no diagnostic"
+    who = "" if c["binding_of"] == "method" else f" (of `{c['baseline']}`)"
+    return (f"`{c['binding']}`{who} {_fmt(c['binding_value'], '.4g')} (bound if {c['threshold']}): "
+            f"{'yes' if c['bound'] else 'no'}")
 
 
 _BLOCK = re.compile(r"(<!-- generated from (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end of generated -->)", re.S)

@@ -39,13 +39,15 @@ from .objectives import (RLBatch, StatScope, agg_denominator, get_objective, ini
 from .policy import frozen_stats, policy_stats
 from .progress import PhaseClock, notice, progress
 from .prompts import build_prompt
-from .rewards import score_batch
+from .rewards import random_rewards, score_batch
 from .rollout import HFRollout, Rollouts, tis_weights
 from .token_stats import TokenStats
 
 LOOP_METRICS = {
     "step": "RL step (one rollout batch and its updates), from 1",
-    "reward/mean": "mean verifiable reward of the step's rollouts",
+    "reward/mean": "mean reward of the step's rollouts (the verifier's; with `rl.reward: random`, the coin flips')",
+    "reward/verifier_mean": "(`rl.reward: random`) mean verifier score of the step's rollouts, which the random reward "
+                            "ignores",
     "stats/entropy_rollout": "full-vocabulary token entropy of the policy that sampled the batch (before its updates)",
     "stats/kl_ref": "k3 KL of the sampling policy to the reference (the frozen base), token mean; logged at the "
                     "held-out evaluation steps only, unless the objective reads reference log-probs (then every step)",
@@ -180,7 +182,7 @@ def sample_groups(run: RLRun, step: int, clock: PhaseClock | None = None) -> tup
     clock = clock or PhaseClock()
     rng = random.Random(step_seed(run.seed, step))
     pool = list(range(len(run.train_rows)))
-    parts, kept_rewards, all_rewards = [], [], []
+    parts, kept_rewards, all_rewards, verifier = [], [], [], []
     n_kept, k = 0, 0
     while n_kept < rl.prompts_per_step:
         if k and 0 < cfg.max_gen_batches <= k:
@@ -200,6 +202,10 @@ def sample_groups(run: RLRun, step: int, clock: PhaseClock | None = None) -> tup
         with clock("reward"):  # the whole batch at once: a pooled verifier (task `math`) spreads it over its workers
             rewards = torch.tensor(score_batch(run.reward_fn, ro.texts,
                                                [p["answer"] for p in prompts for _ in range(G)]), device=dev)
+        if rl.reward == "random":  # the probe: the verifier's scores are only logged; the reward is a coin flip
+            verifier.append(rewards)
+            rewards = torch.tensor(random_rewards(rewards.numel(), f"random-reward/{run.seed}/{step}/{k}",
+                                                  rl.random_reward_p), device=dev)
         all_rewards.append(rewards)
         keep = mixed_groups(rewards, G) if cfg.dynamic_sampling else torch.ones(len(prompts), dtype=torch.bool, device=dev)
         keep_idx = keep.nonzero().squeeze(-1)[: rl.prompts_per_step - n_kept]  # truncate to the batch size
@@ -212,6 +218,8 @@ def sample_groups(run: RLRun, step: int, clock: PhaseClock | None = None) -> tup
     info = {"reward/mean": generated.mean().item(), "stats/gen_batches": float(k),
             "stats/filtered_groups": 1.0 - mixed_groups(generated, G).float().mean().item() if cfg.dynamic_sampling else 0.0}
     info.update(solved_fraction(generated, G))
+    if verifier:
+        info["reward/verifier_mean"] = torch.cat(verifier).mean().item()
     return concat_rollouts(parts, run.tokenizer.pad_token_id), torch.cat(kept_rewards), info
 
 

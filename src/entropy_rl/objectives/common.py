@@ -21,18 +21,23 @@ def clipped_surrogate(
     optional dual clipping (Ye et al. 2020; verl ``clip_ratio_c``, applied where A < 0).
 
     ``l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``, ``r = exp(logp - old_logp)``, ratios in fp32.
-    Returns the ``[B, T]`` loss and the ``[B, T]`` indicator of clipped tokens.
+    Returns the ``[B, T]`` loss and its parts: ``clipped``, the ``[B, T]`` indicator of tokens whose clipped term is
+    the active one, split into ``clipped_low`` (A < 0, r < 1 - clip_low: at the low bound) and ``clipped_high``
+    (A > 0, r > 1 + clip_high: at the high bound).
     """
     log_ratio = (upcast(logp) - upcast(old_logp)).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(loss_unclipped, loss_clipped)
-    clipped = (loss_clipped > loss_unclipped).float()
+    active = loss_clipped > loss_unclipped
+    clipped = active.float()
+    clipped_low, clipped_high = (active & (adv < 0)).float(), (active & (adv > 0)).float()
     if clip_ratio_c is not None:
         dual = torch.minimum(-adv * clip_ratio_c, loss)
         loss = torch.where(adv < 0, dual, loss)
-    return loss, {"ratio": ratio, "clipped": clipped, "log_ratio": log_ratio, "unclipped": loss_unclipped}
+    return loss, {"ratio": ratio, "clipped": clipped, "clipped_low": clipped_low, "clipped_high": clipped_high,
+                  "log_ratio": log_ratio, "unclipped": loss_unclipped}
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -44,6 +49,14 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def centered_covariance(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``mean_t (x_t - mean x)(y_t - mean y)`` over the valid tokens of ``mask`` (masked means; 0 without tokens),
+    detached, at least fp32."""
+    x, y = upcast(x.detach()), upcast(y.detach())
+    m = mask.to(x.dtype)
+    return masked_mean((x - masked_mean(x, m)) * (y - masked_mean(y, m)), m)
 
 
 def resolve_l_max(cfg, batch: RLBatch) -> int:
@@ -77,6 +90,10 @@ POLICY_METRICS = {
     "stats/entropy": "full-vocabulary token entropy of the current policy at the update, masked token mean (nats)",
     "stats/nll_sampled": "mean negative log-probability of the sampled tokens (not an entropy)",
     "stats/clip_frac": "fraction of response tokens whose clipped term was the active one",
+    "stats/clip_frac_low": "binding: fraction of response tokens at the low clip bound (A < 0 and r < 1 − ε_low)",
+    "stats/clip_frac_high": "binding: fraction of response tokens at the high clip bound (A > 0 and r > 1 + ε_high)",
+    "stats/cov_logp_adv": "Cov(log π, A) over the update's response tokens (the advantage the loss used): the "
+                          "covariance Cui et al. show drives the step's entropy change (negative of it, to first order)",
     "stats/ratio_mean": "mean importance ratio π_θ / π_old over response tokens",
     "stats/approx_kl_old": "½·mean (log π_θ − log π_old)², the drift within a step",
 }
@@ -90,6 +107,9 @@ def policy_metrics(batch: RLBatch, stats: TokenStats, parts: dict[str, Tensor]) 
         "stats/entropy": masked_mean(stats.entropy.detach(), m),
         "stats/nll_sampled": masked_mean(-stats.logp.detach(), m),
         "stats/clip_frac": masked_mean(parts["clipped"], m).detach(),
+        "stats/clip_frac_low": masked_mean(parts["clipped_low"], m).detach(),
+        "stats/clip_frac_high": masked_mean(parts["clipped_high"], m).detach(),
+        "stats/cov_logp_adv": centered_covariance(stats.logp, batch.advantages, m),
         "stats/ratio_mean": masked_mean(parts["ratio"].detach(), m),
         "stats/approx_kl_old": masked_mean(0.5 * parts["log_ratio"].detach() ** 2, m),
     }

@@ -64,8 +64,9 @@ def kl_cov_selection(scope: StatScope, k: float) -> Tensor:
     return sel.view_as(m)
 
 
-def _cov_metrics(metrics: dict, batch: RLBatch, scope: StatScope, sel: Tensor, coef: float) -> dict:
+def _cov_metrics(metrics: dict, batch: RLBatch, scope: StatScope, sel: Tensor, coef: float, n_scope: int) -> dict:
     metrics["stats/cov_selected_frac"] = masked_mean(sel.float(), batch.mask).detach()
+    metrics["stats/cov_selected_count"] = torch.tensor(float(n_scope))
     metrics["stats/cov_mean"] = masked_mean(token_covariance(scope.logp, scope.advantages, scope.mask), scope.mask)
     metrics["stats/cov_coef"] = torch.tensor(float(coef))
     return metrics
@@ -73,6 +74,8 @@ def _cov_metrics(metrics: dict, batch: RLBatch, scope: StatScope, sel: Tensor, c
 
 COV_METRICS = {
     "stats/cov_selected_frac": "fraction of tokens detached (Clip-Cov) or penalized (KL-Cov, annealed)",
+    "stats/cov_selected_count": "binding: tokens detached (Clip-Cov) or penalized (KL-Cov, annealed) per update, "
+                                "counted over the selection's scope (the mini-batch by default)",
     "stats/cov_mean": "mean centred covariance term (log π − mean)(A − mean) over response tokens",
     "stats/cov_coef": "the Clip-Cov ratio r or KL-Cov coefficient β applied at this step (annealed for `cov_annealed`)",
 }
@@ -80,7 +83,8 @@ COV_PANEL = Panel("stats/cov_selected_frac", "Cov: fraction of tokens selected")
 
 
 def _entropy_claim(name: str) -> Claim:
-    return Claim("entropy", name, "grpo", "train_entropy_late", "higher", f"{name} keeps the late token entropy above GRPO's")
+    return Claim("entropy", name, "grpo", "train_entropy_late", "higher", f"{name} keeps the late token entropy above GRPO's",
+                 binding="stats/cov_selected_count", threshold=20.0, why="about 20 tokens per update selected: below that the regularizer touches a handful of tokens")
 
 
 # ---------------------------------------------------------------------------------------------- Clip-Cov
@@ -123,10 +127,10 @@ class ClipCovConfig(ScopedStatistic, CovBand, GRPOConfig):
 
 def clip_cov_loss(batch: RLBatch, stats: TokenStats, cfg, ratio: float, name: str) -> tuple[Tensor, dict]:
     scope = stat_scope(batch, stats, cfg.stat_scope)
-    sel = local(clip_cov_selection(scope, cfg.clip_low, cfg.clip_high, ratio, cfg.cov_lb, cfg.cov_ub, batch.seed),
-                scope)
+    sel_scope = clip_cov_selection(scope, cfg.clip_low, cfg.clip_high, ratio, cfg.cov_lb, cfg.cov_ub, batch.seed)
+    sel = local(sel_scope, scope)
     loss, metrics = clipped_pg_loss(batch, stats, cfg, keep=(~sel).to(stats.logp.dtype), name=name)
-    return loss, _cov_metrics(metrics, batch, scope, sel, ratio)
+    return loss, _cov_metrics(metrics, batch, scope, sel, ratio, int(sel_scope.sum()))
 
 
 @register_objective("clip_cov", ClipCovConfig, metrics=COV_METRICS, panels=(COV_PANEL,),
@@ -168,15 +172,17 @@ class KLCovConfig(ScopedStatistic, GRPOConfig):
 
 def kl_cov_loss(batch: RLBatch, stats: TokenStats, cfg, coef: float, name: str) -> tuple[Tensor, dict]:
     scope = stat_scope(batch, stats, cfg.stat_scope)
-    sel = local(kl_cov_selection(scope, cfg.k), scope)
+    sel_scope = kl_cov_selection(scope, cfg.k)
+    sel = local(sel_scope, scope)
     log_ratio = (upcast(stats.logp) - upcast(batch.old_logp)).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     penalty = log_ratio.abs() * sel.to(log_ratio.dtype)
     pg = -batch.advantages * ratio + coef * penalty  # no PPO clipping at all (verl kl_cov)
-    parts = {"ratio": ratio, "log_ratio": log_ratio, "clipped": torch.zeros_like(ratio)}
+    none = torch.zeros_like(ratio)
+    parts = {"ratio": ratio, "log_ratio": log_ratio, "clipped": none, "clipped_low": none, "clipped_high": none}
     loss, metrics = pg_loss(batch, stats, cfg, pg, parts, name)
     metrics["loss/cov_kl"] = agg_loss(penalty, batch.mask, cfg.agg, resolve_l_max(cfg, batch)).detach()
-    return loss, _cov_metrics(metrics, batch, scope, sel, coef)
+    return loss, _cov_metrics(metrics, batch, scope, sel, coef, int(sel_scope.sum()))
 
 
 @register_objective("kl_cov", KLCovConfig, metrics={**COV_METRICS, "loss/cov_kl": "aggregated KL-Cov penalty on the selected tokens"},

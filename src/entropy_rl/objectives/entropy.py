@@ -71,9 +71,12 @@ def entropy_coefficient(cfg: EntropyBonusConfig, state: dict | None) -> tuple[fl
     "loss/entropy": "aggregated entropy term of `entropy_bonus` (its coefficient times this is subtracted)",
     "stats/entropy_coef": "entropy coefficient α applied at this step (`entropy_bonus`)",
     "stats/entropy_coef_ctrl": "the adaptive controller's coefficient after this step (applied from the next)",
+    "stats/entropy_coef_at_bound": "binding: 1 when the adaptive controller's coefficient sits at coef_min or coef_max "
+                                   "(0 with a fixed coefficient); its run mean is the share of steps at a bound",
 }, panels=(Panel("stats/entropy_coef", "entropy coefficient"),), claims=(
     Claim("entropy", "entropy_bonus", "grpo", "train_entropy_late", "higher",
-          "entropy_bonus keeps the late token entropy above GRPO's"),
+          "entropy_bonus keeps the late token entropy above GRPO's", binding="stats/entropy_coef", threshold=1e-3,
+          why="the applied coefficient α, run mean: at 0 (the adaptive gate closed) there is no bonus"),
 ))
 def entropy_bonus(batch: RLBatch, stats: TokenStats, cfg: EntropyBonusConfig, state: dict | None = None
                   ) -> tuple[Tensor, dict]:
@@ -99,7 +102,9 @@ def entropy_bonus(batch: RLBatch, stats: TokenStats, cfg: EntropyBonusConfig, st
     loss_ent = agg_loss(stats.entropy, batch.mask, cfg.agg, resolve_l_max(cfg, batch))
     loss = loss - alpha * loss_ent
     metrics.update({"loss/entropy": loss_ent.detach(), "loss/total": loss.detach(),
-                    "stats/entropy_coef": torch.tensor(alpha), "stats/entropy_coef_ctrl": torch.tensor(ctrl)})
+                    "stats/entropy_coef": torch.tensor(alpha), "stats/entropy_coef_ctrl": torch.tensor(ctrl),
+                    "stats/entropy_coef_at_bound": torch.tensor(float(cfg.adaptive and ctrl in (cfg.coef_min,
+                                                                                                 cfg.coef_max)))})
     return loss, metrics
 
 
@@ -131,10 +136,12 @@ class HighEntropyMaskConfig(ScopedStatistic, DAPOConfig):
 
 @register_objective("high_entropy_mask", HighEntropyMaskConfig, metrics={
     "stats/mask_frac": "fraction of response tokens kept by the 80/20 high-entropy mask",
+    "stats/mask_kept_count": "binding: tokens kept by the 80/20 mask per update, over the threshold's scope",
     "stats/entropy_threshold": "the entropy threshold τ_ρ of the 80/20 mask",
 }, panels=(Panel("stats/mask_frac", "80/20: fraction of tokens kept"),), claims=(
     Claim("entropy", "high_entropy_mask", "grpo", "train_entropy_late", "higher",
-          "high_entropy_mask keeps the late token entropy above GRPO's"),
+          "high_entropy_mask keeps the late token entropy above GRPO's", binding="stats/mask_frac", bound_if="<=",
+          threshold=0.5, why="the mask drops most tokens' gradient (it keeps about ρ = 20 % by construction)"),
 ))
 def high_entropy_mask_loss(batch: RLBatch, stats: TokenStats, cfg: HighEntropyMaskConfig, state: dict | None = None
                            ) -> tuple[Tensor, dict]:
@@ -159,5 +166,6 @@ def high_entropy_mask_loss(batch: RLBatch, stats: TokenStats, cfg: HighEntropyMa
     keep = local(keep_all, scope).to(stats.logp.dtype)
     loss, metrics = clipped_pg_loss(batch, stats, cfg, keep=keep, name="high_entropy_mask")
     metrics["stats/mask_frac"] = masked_mean(keep, batch.mask).detach()
+    metrics["stats/mask_kept_count"] = torch.tensor(float(keep_all.sum()))
     metrics["stats/entropy_threshold"] = tau.detach().float()
     return loss, metrics

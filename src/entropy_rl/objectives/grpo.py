@@ -137,7 +137,9 @@ class DAPOConfig(GRPOConfig):
 
 
 @register_objective("dapo", DAPOConfig, claims=(
-    Claim("entropy", "dapo", "grpo", "train_entropy_late", "higher", "dapo keeps the late token entropy above GRPO's"),
+    Claim("entropy", "dapo", "grpo", "train_entropy_late", "higher", "dapo keeps the late token entropy above GRPO's",
+          binding="stats/clip_frac_high", threshold=0.01, binding_of="baseline",
+          why="clip-higher can only matter where GRPO's tokens reach its upper bound 1 + 0.2: at least 1 % of them"),
 ))
 def dapo(batch: RLBatch, stats: TokenStats, cfg: DAPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """DAPO: clip-higher, token-level loss, dynamic sampling, overlong reward shaping.

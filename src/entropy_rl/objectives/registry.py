@@ -216,10 +216,31 @@ class Claim:
     direction: str
     """``higher`` or ``lower``: what the paper says ``method`` does to ``metric`` against ``baseline``"""
     text: str
+    binding: str | None = None
+    """the step-log key whose run mean says whether the claim's mechanism acted (a binding diagnostic); None: the
+    mechanism has no diagnostic, and the verdict says so"""
+    bound_if: str = ">="
+    """``>=`` or ``<=``: the mechanism bound when the diagnostic's mean over the runs is on this side of ``threshold``"""
+    threshold: float = 0.0
+    binding_of: str = "method"
+    """whose runs the diagnostic is read from: ``method`` or ``baseline`` (e.g. clip-higher acts only if the
+    baseline's tokens reach its upper clip bound)"""
+    why: str = ""
+    """the reason for the threshold, one line (shown in docs/metrics.md and the claims table's notes)"""
 
     def __post_init__(self):
         if self.direction not in ("higher", "lower"):
             raise ValueError(f"claim '{self.text}': direction must be 'higher' or 'lower', got {self.direction!r}")
+        if self.bound_if not in (">=", "<="):
+            raise ValueError(f"claim '{self.text}': bound_if must be '>=' or '<=', got {self.bound_if!r}")
+        if self.binding_of not in ("method", "baseline"):
+            raise ValueError(f"claim '{self.text}': binding_of must be 'method' or 'baseline', got {self.binding_of!r}")
+
+    def bound(self, value: float) -> bool:
+        """Whether a diagnostic mean ``value`` means the mechanism acted (NaN: not measured, so not bound)."""
+        if value != value:
+            return False
+        return value >= self.threshold if self.bound_if == ">=" else value <= self.threshold
 
 
 @dataclass(frozen=True)

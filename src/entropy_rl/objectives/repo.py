@@ -113,12 +113,16 @@ def repo_loss(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | 
     loss, metrics = clipped_pg_loss(dataclasses.replace(batch, advantages=a.to(batch.advantages.dtype)), stats, cfg,
                                     name=name)
     metrics["stats/zeta"] = torch.tensor(zeta)
+    metrics["stats/zeta_at_bound"] = torch.tensor(float(cfg.adaptive and (abs(zeta) <= cfg.zeta_min
+                                                                          or abs(zeta) >= cfg.zeta_max)))
     metrics["stats/repo_adv_shift"] = masked_mean(a - upcast(batch.advantages), batch.mask).detach()
     return loss, metrics
 
 
 REPO_METRICS = {
     "stats/zeta": "REPO / REPO-R: the ζ controller's value applied at this step",
+    "stats/zeta_at_bound": "binding: 1 when |ζ| sits at zeta_min or zeta_max (0 with a fixed ζ); its run mean is the "
+                           "share of steps at a bound",
     "stats/repo_adv_shift": "REPO / REPO-R: mean change of the token advantage, A' − A, over response tokens",
 }
 
@@ -145,9 +149,10 @@ def repo(batch: RLBatch, stats: TokenStats, cfg: REPOConfig, state: dict | None 
 
 @register_objective("repo_r", REPORConfig, init_state=zeta_init, update_state=zeta_step, metrics=REPO_METRICS,
                     panels=(Panel("stats/zeta", "REPO: ζ"),), claims=(
-    Claim("repo_adapo", "repo_r", "grpo", "train_entropy_late", "higher", "REPO-R keeps entropy above GRPO's"),
+    Claim("repo_adapo", "repo_r", "grpo", "train_entropy_late", "higher", "REPO-R keeps entropy above GRPO's",
+          binding="stats/zeta_at_bound", bound_if="<=", threshold=0.5, why="a controller pinned at a bound in more than half of the steps is not controlling"),
     Claim("repo_adapo", "repo_r", "grpo", "entropy_drift", "lower",
-          "REPO-R holds entropy nearer its start than GRPO (paper: +7 % against -57 %)"),
+          "REPO-R holds entropy nearer its start than GRPO (paper: +7 % against -57 %)", binding="stats/zeta_at_bound", bound_if="<=", threshold=0.5, why="a controller pinned at a bound in more than half of the steps is not controlling"),
 ))
 def repo_r(batch: RLBatch, stats: TokenStats, cfg: REPORConfig, state: dict | None = None) -> tuple[Tensor, dict]:
     """REPO-R: the DAPO loss with the advantage rescaled by (1 -+ zeta log pi), clamped, zeta from a controller.
@@ -208,11 +213,15 @@ def _clip_step(state: dict, cfg: ADAPOConfig, row: dict) -> dict:
 
 
 @register_objective("adapo", ADAPOConfig, init_state=_clip_init, update_state=_clip_step,
-                    metrics={"stats/clip_high": "ADAPO: the adaptive ε_high applied at this step"},
+                    metrics={"stats/clip_high": "ADAPO: the adaptive ε_high applied at this step",
+                             "stats/clip_high_at_bound": "binding: 1 when ADAPO's ε_high sits at clip_high_min or "
+                                                         "clip_high_max (0 when not adaptive); its run mean is the "
+                                                         "share of steps at a bound"},
                     panels=(Panel("stats/clip_high", "ADAPO: ε_high"),), claims=(
-    Claim("repo_adapo", "adapo", "grpo", "train_entropy_late", "higher", "ADAPO keeps entropy above GRPO's"),
+    Claim("repo_adapo", "adapo", "grpo", "train_entropy_late", "higher", "ADAPO keeps entropy above GRPO's",
+          binding="stats/clip_high_at_bound", bound_if="<=", threshold=0.5, why="a controller pinned at a bound in more than half of the steps is not controlling"),
     Claim("repo_adapo", "adapo", "dapo", "entropy_drift", "lower",
-          "ADAPO holds entropy nearer its start than DAPO (paper: +102 % against +298 %)"),
+          "ADAPO holds entropy nearer its start than DAPO (paper: +102 % against +298 %)", binding="stats/clip_high_at_bound", bound_if="<=", threshold=0.5, why="a controller pinned at a bound in more than half of the steps is not controlling"),
     Claim("bf16", "dapo-bf16", "dapo", "train_entropy_late", "lower", "a bf16 ratio biases toward entropy collapse"),
 ))
 def adapo(batch: RLBatch, stats: TokenStats, cfg: ADAPOConfig, state: dict | None = None) -> tuple[Tensor, dict]:
@@ -234,4 +243,6 @@ def adapo(batch: RLBatch, stats: TokenStats, cfg: ADAPOConfig, state: dict | Non
     pg, parts = clipped_surrogate(stats.logp, batch.old_logp, batch.advantages, cfg.clip_low, eps, cfg.clip_ratio_c)
     loss, metrics = pg_loss(batch, stats, cfg, pg, parts, "adapo")
     metrics["stats/clip_high"] = torch.tensor(eps)
+    metrics["stats/clip_high_at_bound"] = torch.tensor(float(cfg.adaptive and (eps <= cfg.clip_high_min
+                                                                               or eps >= cfg.clip_high_max)))
     return loss, metrics

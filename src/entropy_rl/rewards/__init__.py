@@ -13,6 +13,8 @@ scores a batch with any reward, a :class:`Reward` or a plain ``(response, answer
 """
 from __future__ import annotations
 
+import random
+
 from typing import Callable, Sequence
 
 from ..registry import Registry, registry
@@ -122,6 +124,13 @@ def _math(response: str, answer: str) -> float:
 
 
 math_reward = Reward(_math, _math_batch, name="math_reward")
+
+def random_rewards(n: int, seed: int | str, p: float = 0.5) -> list[float]:
+    """``n`` seeded coin flips, 1.0 with probability ``p``: a reward independent of the responses (the random-reward
+    probe, ``rl.reward: random``). The same seed gives the same flips whatever was sampled."""
+    rng = random.Random(seed)
+    return [float(rng.random() < p) for _ in range(n)]
+
 
 REWARDS: Registry[Reward] = registry("reward")
 REWARDS.register("arithmetic", arithmetic_reward)
