@@ -161,6 +161,10 @@ def test_stages_depend_on_what_their_notebooks_execute(dvc_file):
         params = [p for entry in body.get("params", []) for p in ([entry] if isinstance(entry, str) else
                   next(iter(entry.values())))]
         assert "objectives" not in params, f"{name}: depends on the whole objectives section"
+        wdir = (ROOT / dvc_file).parent / body.get("wdir", ".")
+        for entry in body.get("params", []):  # DVC reads a params file relative to the stage's wdir
+            for params_file in ([] if isinstance(entry, str) else entry):
+                assert (wdir / params_file).resolve() == ROOT / "params.yaml", f"{name}: {params_file} from {wdir}"
         if name == "rl":
             assert "objectives.${item.objective}" in params
 
